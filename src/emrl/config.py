@@ -1,0 +1,205 @@
+"""Configs: one dataclass per trainer, YAML files and command-line overrides.
+
+Every field of a config dataclass carries a help string (``cfg_field(default, "help")``).
+:func:`add_config_args` turns the fields into ``--field-name`` options and adds
+``--config FILE.yaml``; :func:`build_config` resolves, in increasing priority,
+dataclass defaults < YAML file < command-line options, and rejects unknown keys with
+close-match suggestions. A run writes the resolved config with :func:`save_config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from emrl.errors import ConfigError, close_matches
+
+T = TypeVar("T")
+
+
+def cfg_field(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field with a help string (mutable defaults are copied per instance)."""
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(
+            default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kwargs}
+        )
+    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _parse_bool(text: str) -> bool:
+    low = str(text).strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """Convert ``value`` (from YAML or the command line) to the field type ``tp``."""
+    base, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"config field {name!r} may not be null")
+    if isinstance(value, str) and optional and value.strip().lower() in ("none", "null"):
+        return None
+    try:
+        origin = typing.get_origin(base)
+        if base is bool:
+            return value if isinstance(value, bool) else _parse_bool(value)
+        if base is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if base is str:
+            return str(value)
+        if origin in (list, tuple):
+            (item_tp, *_) = typing.get_args(base) or (str,)
+            if isinstance(value, str):
+                value = [v for v in (s.strip() for s in value.split(",")) if v]
+            items = [_coerce(name, v, item_tp) for v in value]
+            return items if origin is list else tuple(items)
+        if origin is dict or base is dict:
+            if not isinstance(value, dict):
+                raise ValueError
+            return dict(value)
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
+        raise ConfigError(
+            f"config field {name!r} expects {getattr(base, '__name__', base)}, got {value!r}"
+        ) from e
+    return value
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def add_config_args(
+    parser: argparse.ArgumentParser, cls: type, *, exclude: tuple[str, ...] = ()
+) -> None:
+    """Add ``--config`` and one ``--field-name`` option per field of the dataclass ``cls``.
+
+    Options default to ``argparse.SUPPRESS`` so :func:`build_config` can tell which ones
+    the user actually typed.
+    """
+    if not any(a.dest == "config" for a in parser._actions):
+        parser.add_argument(
+            "--config", default=None, metavar="FILE.yaml",
+            help="YAML file of config fields; command-line options override it",
+        )
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in exclude or not f.init:
+            continue
+        tp, _ = _unwrap_optional(hints[f.name])
+        default = (
+            f.default if f.default is not dataclasses.MISSING
+            else f.default_factory() if f.default_factory is not dataclasses.MISSING  # type: ignore[misc]
+            else None
+        )
+        help_text = f.metadata.get("help", "")
+        help_text = f"{help_text} (default: {default!r})" if help_text else f"default: {default!r}"
+        flag = "--" + f.name.replace("_", "-")
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        if tp is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            kwargs["metavar"] = f.metadata.get("metavar", f.name.upper())
+            parser.add_argument(flag, type=str, **kwargs)
+
+
+def build_config(cls: type[T], args: argparse.Namespace | None = None, **overrides: Any) -> T:
+    """Resolve a config: defaults < ``args.config`` YAML < options typed in ``args`` < ``overrides``."""
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    values: dict[str, Any] = {}
+    config_path = getattr(args, "config", None) if args is not None else None
+    if config_path:
+        values.update(load_yaml(config_path))
+    if args is not None:
+        for k, v in vars(args).items():
+            if k in names:
+                values[k] = v
+    values.update(overrides)
+    return from_dict(cls, values, source=str(config_path) if config_path else "config")
+
+
+def from_dict(cls: type[T], values: dict[str, Any], *, source: str = "config") -> T:
+    """Build ``cls`` from a mapping, coercing types and rejecting unknown keys."""
+    fields_ = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = _hints(cls)
+    unknown = [k for k in values if k not in fields_]
+    if unknown:
+        k = unknown[0]
+        sugg = close_matches(k, fields_)
+        hint = f" Did you mean: {', '.join(sugg)}?" if sugg else ""
+        raise ConfigError(f"unknown field {k!r} in {source} for {cls.__name__}.{hint}")
+    kwargs = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"invalid {cls.__name__} in {source}: {e}") from e
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping from ``path`` with clear errors."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of field: value, got {type(data).__name__}")
+    return data
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, YAML-safe dict of a config dataclass (tuples become lists)."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, Path):
+            return str(v)
+        return v
+
+    data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    return {k: clean(v) for k, v in data.items()}
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    from emrl.checkpoint import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def load_config(cls: type[T], path: str | Path) -> T:
+    """Read a config dataclass written by :func:`save_config`."""
+    return from_dict(cls, load_yaml(path), source=str(path))
