@@ -1,4 +1,4 @@
-"""`emrl lm` subcommands."""
+"""`emrl lm` subcommands: ``sft``, ``train`` (vmpo|awr|dar|ppo), ``eval``."""
 
 from __future__ import annotations
 
@@ -6,4 +6,10 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this group's subcommands to ``subparsers``."""
+    """Add ``sft``, ``train`` and ``eval`` to ``subparsers``."""
+    from emrl.lm.eval_cli import register_eval
+    from emrl.lm.train_cli import register_sft, register_train
+
+    register_sft(subparsers)
+    register_train(subparsers)
+    register_eval(subparsers)
