@@ -1,0 +1,518 @@
+"""M-step: weighted maximum likelihood under a KL trust region.
+
+* :func:`token_logprobs` — teacher-forced token log-probabilities, chunked over time.
+* :func:`weighted_nll` — ``L_π = −Σ_i w_i Σ_t log π(y_t^i | ·)`` (spec §6 "Sequence-Level
+  M-Step", "Token-Level Form"), per-sequence or per-token weights.
+* :func:`soft_target_nll` — cross-entropy to a soft target (label smoothing,
+  distillation; spec §6) built by the E-steps in :mod:`emrl.objectives.estep`.
+* :func:`categorical_kl` (exact, chunked), :func:`kl_k1`, :func:`kl_k2`, :func:`kl_k3`
+  (sampled estimators, Schulman 2020).
+* :func:`alpha_trust_region` — the KL dual of spec §5 eq. (1).
+* :func:`gaussian_kl_decoupled` — V-MPO's decoupled mean / covariance KL for diagonal
+  Gaussians (Song et al. 2019, §4.2 / appendix).
+
+Sequence-model tensors are batch-major ``[B, T]`` (``[B, T, V]`` for logits), with
+``logits[:, t]`` already aligned to predict ``labels[:, t]`` (shift before calling).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.utils.checkpoint
+from torch import Tensor
+
+from emrl.objectives._checks import (
+    check_choice,
+    check_chunk_size,
+    check_mask,
+    check_positive,
+    check_same_shape,
+    check_tensor,
+    check_unit_interval,
+    masked_mean,
+)
+from emrl.objectives.estep import TEMPERATURE_PARAMS, SoftTarget, temperature
+
+__all__ = [
+    "token_logprobs",
+    "NLLInfo",
+    "NLL_REDUCTIONS",
+    "weighted_nll",
+    "soft_target_nll",
+    "categorical_kl",
+    "kl_k1",
+    "kl_k2",
+    "kl_k3",
+    "AlphaInfo",
+    "alpha_trust_region",
+    "gaussian_kl_decoupled",
+]
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _upcast(x: Tensor) -> Tensor:
+    return x.float() if x.dtype in _LOW_PRECISION else x
+
+
+def _chunked(fn, n_chunks: int, *args: Tensor) -> Tensor:
+    """Run ``fn(*args)`` for one chunk; when there are several chunks and autograd is
+    recording, under activation checkpointing: the chunk's ``[chunk, V]`` temporaries
+    (log-softmax, upcast copies) are then not kept for backward but recomputed, so peak
+    memory is one chunk's worth instead of the whole ``[B, T, V]`` (the point of
+    chunking). Values and gradients are unchanged."""
+    if n_chunks > 1 and torch.is_grad_enabled() and any(a.requires_grad for a in args):
+        return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
+def _check_logits(logits: Tensor, name: str = "logits") -> None:
+    # logits may legitimately contain -inf (a masked vocabulary entry) but never NaN or
+    # +inf; one reduction (NaN < inf is False) checks both.
+    check_tensor(logits, name, floating=True, finite=False)
+    if logits.dim() < 1 or logits.shape[-1] < 1:
+        raise ValueError(f"{name} must have a vocabulary dimension, got {tuple(logits.shape)}")
+    if not bool((logits < float("inf")).all()):
+        raise ValueError(f"{name} must not contain NaN or +inf (-inf is allowed)")
+
+
+# ---------------------------------------------------------------------- log-probs / NLL
+
+
+def token_logprobs(
+    logits: Tensor,
+    labels: Tensor,
+    chunk_size: int | None = None,
+    ignore_index: int | None = -100,
+) -> Tensor:
+    """``log π(labels[b, t] | ·) = log_softmax(logits[b, t])[labels[b, t]]``.
+
+    Memory-aware: with ``chunk_size`` the time axis is processed ``chunk_size`` steps at
+    a time, so no full ``[B, T, V]`` log-softmax is ever materialised (half-precision
+    logits are upcast to float32 one chunk at a time; under autograd each chunk is
+    checkpointed, so the backward keeps no per-chunk ``[chunk, V]`` temporaries either).
+    Equal to the unchunked result, values and gradients.
+
+    Args:
+        logits: ``[B, T, V]`` (any ``[..., T, V]`` works; chunks along dim −2).
+        labels: ``[B, T]`` integer ids in ``[0, V)``; positions equal to
+            ``ignore_index`` get log-prob 0 (exclude them with a mask downstream).
+        chunk_size: time steps per chunk, or ``None`` for one pass.
+
+    Returns:
+        ``[B, T]`` float32 (or logits' dtype if wider), differentiable w.r.t. logits.
+    """
+    _check_logits(logits)
+    check_tensor(labels, "labels", finite=False)
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be an integer tensor of token ids, got dtype {labels.dtype}")
+    if tuple(labels.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(
+            f"labels must have shape {tuple(logits.shape[:-1])} (logits without the vocab dim), "
+            f"got {tuple(labels.shape)}"
+        )
+    cs = check_chunk_size(chunk_size)
+    V = logits.shape[-1]
+    ignored = (labels == ignore_index) if ignore_index is not None else torch.zeros_like(labels, dtype=torch.bool)
+    real = labels[~ignored]
+    if real.numel() and (int(real.min()) < 0 or int(real.max()) >= V):
+        raise ValueError(
+            f"labels must be token ids in [0, {V}) or ignore_index={ignore_index}, "
+            f"got values in [{int(real.min())}, {int(real.max())}]"
+        )
+    safe = torch.where(ignored, torch.zeros_like(labels), labels)
+    if logits.dim() == 1:
+        return _logp_block(logits, safe, ignored)
+    T = logits.shape[-2]
+    step = T if cs is None else cs
+    starts = range(0, T, step)
+    parts = [
+        _chunked(
+            _logp_block,
+            len(starts),
+            logits[..., s : s + step, :],
+            safe[..., s : s + step],
+            ignored[..., s : s + step],
+        )
+        for s in starts
+    ]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+
+def _logp_block(logits: Tensor, labels: Tensor, ignored: Tensor) -> Tensor:
+    x = _upcast(logits)
+    picked = x.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    lp = picked - torch.logsumexp(x, dim=-1)
+    return torch.where(ignored, torch.zeros_like(lp), lp)
+
+
+class NLLInfo(NamedTuple):
+    """Diagnostics of a weighted NLL (all detached).
+
+    nll_per_seq: ``[B]`` unweighted ``−Σ_t log π`` over valid tokens. num_tokens: valid
+    token count. weight_sum: ``Σ`` of the per-token weights over valid tokens (per-seq
+    weights counted once per sequence with a valid token). mean_token_logp: mean log-prob
+    of valid tokens.
+    """
+
+    nll_per_seq: Tensor
+    num_tokens: Tensor
+    weight_sum: Tensor
+    mean_token_logp: Tensor
+
+
+NLL_REDUCTIONS = ("sum", "token_mean", "seq_mean", "weighted_mean")
+
+
+def weighted_nll(
+    token_logp: Tensor,
+    mask: Tensor | None = None,
+    weights: Tensor | None = None,
+    reduction: str = "sum",
+) -> tuple[Tensor, NLLInfo]:
+    """Weighted negative log-likelihood, the M-step of every E-step (spec §6).
+
+    Let ``m`` be the token mask, ``w_it`` the weight of token ``t`` of sequence ``i``
+    (``w_i`` broadcast over tokens when ``weights`` is ``[B]``; all ones if ``None``):
+
+    * ``"sum"`` — spec §6: ``L = −Σ_i Σ_t w_it m_it log π_it``. With normalised E-step
+      weights (Σ w_i = 1) this is the expected sequence NLL under the target.
+    * ``"token_mean"`` — the sum divided by the number of valid tokens ``Σ m`` (plain
+      SFT cross-entropy when weights are ones).
+    * ``"seq_mean"`` — length-normalised: ``−Σ_i w_i (Σ_t m_it log π_it / Σ_t m_it)``
+      (for per-token weights, ``w_it`` inside the inner sum); sequences without valid
+      tokens contribute 0.
+    * ``"weighted_mean"`` — the sum divided by the total weight ``Σ_it w_it m_it``.
+
+    Args:
+        token_logp: ``[B, T]`` log-probs (differentiable), finite; or ``[N]`` (one action
+            per sample, e.g. control), treated as ``[N, 1]`` with ``mask``/``weights`` ``[N]``.
+        mask: ``[B, T]`` or ``None``. weights: ``[B]``, ``[B, T]`` or ``None``; finite,
+            detached by the caller if they are a target (they are used as given).
+
+    Returns:
+        ``(loss scalar, NLLInfo)``.
+    """
+    check_tensor(token_logp, "token_logp", ndim=(1, 2), floating=True)
+    if token_logp.dim() == 1:  # one action per sample (control): [N] -> [N, 1]
+        token_logp = token_logp.unsqueeze(1)
+        if isinstance(mask, Tensor):
+            mask = mask.unsqueeze(1) if mask.dim() == 1 else mask
+        if isinstance(weights, Tensor) and weights.dim() == 2:
+            raise ValueError(f"weights must have shape [N] for 1-D token_logp, got {tuple(weights.shape)}")
+    m = check_mask(mask, "mask", token_logp, "token_logp")
+    check_choice(reduction, "reduction", NLL_REDUCTIONS)
+    B = token_logp.shape[0]
+    if weights is None:
+        w = torch.ones_like(token_logp)
+    else:
+        check_tensor(weights, "weights", ndim=(1, 2), floating=True)
+        if weights.dim() == 1:
+            if weights.shape[0] != B:
+                raise ValueError(f"weights must have shape [B]={B} or [B, T], got {tuple(weights.shape)}")
+            w = weights.to(token_logp.dtype).unsqueeze(1).expand_as(token_logp)
+        else:
+            check_same_shape(token_logp, "token_logp", weights, "weights")
+            w = weights.to(token_logp.dtype)
+    mf = torch.ones_like(token_logp) if m is None else m.to(token_logp.dtype)
+    # torch.where keeps a -inf at a masked position from leaking 0 * inf = NaN
+    lp = token_logp if m is None else torch.where(m, token_logp, torch.zeros_like(token_logp))
+    contrib = w * mf * lp
+    total = -contrib.sum()
+    n_tok = mf.sum()
+    if reduction == "sum":
+        loss = total
+    elif reduction == "token_mean":
+        loss = total / n_tok.clamp_min(1)
+    elif reduction == "seq_mean":
+        lens = mf.sum(dim=1)
+        loss = -(contrib.sum(dim=1) / lens.clamp_min(1)).sum()
+    else:
+        wsum = (w * mf).sum()
+        if not bool(wsum.detach() > 0):
+            raise ValueError("weights must have a positive sum over valid tokens for reduction='weighted_mean'")
+        loss = total / wsum
+    with torch.no_grad():
+        info = NLLInfo(
+            nll_per_seq=-(mf * lp).sum(dim=1),
+            num_tokens=n_tok,
+            weight_sum=(w * mf).sum(),
+            mean_token_logp=(mf * lp).sum() / n_tok.clamp_min(1),
+        )
+    return loss, info
+
+
+def soft_target_nll(
+    logits: Tensor,
+    target: Tensor | SoftTarget,
+    mask: Tensor | None = None,
+    weights: Tensor | None = None,
+    label_smoothing: float = 0.0,
+    reduction: str = "token_mean",
+    chunk_size: int | None = None,
+    ignore_index: int = -100,
+) -> tuple[Tensor, NLLInfo]:
+    """Cross-entropy to a soft per-token target, weighted as in :func:`weighted_nll`.
+
+    The per-token cross-entropy ``H(q_t, π_t) = −Σ_v q_t(v) log π_t(v)`` replaces
+    ``−log π(y_t)``; it equals the forward ``KL(q_t ‖ π_t)`` plus the constant
+    ``H(q_t)``, so minimising it fits the E-step target (spec §6: label smoothing,
+    distillation).
+
+    ``target`` is one of:
+
+    * an integer ``labels [B, T]`` tensor, mixed with uniform by ``label_smoothing`` ε:
+      ``q = (1 − ε) δ_y + ε / V`` (as ``torch.nn.CrossEntropyLoss``);
+    * a float ``probs [B, T, V]`` tensor (rows summing to 1);
+    * a :class:`~emrl.objectives.estep.SoftTarget` (its ``mask``, ``weights`` and
+      ``label_smoothing`` are used where the arguments are left at their defaults;
+      an explicit ``mask`` is combined with it).
+
+    ``info.nll_per_seq`` reports the per-sequence summed cross-entropy.
+    """
+    _check_logits(logits)
+    if logits.dim() != 3:
+        raise ValueError(f"logits must have shape [B, T, V], got {tuple(logits.shape)}")
+    B, T, V = logits.shape
+    if isinstance(target, SoftTarget):
+        labels, probs = target.labels, target.probs
+        tmask = target.mask
+        m0 = check_mask(mask, "mask", tmask, "target.mask")
+        mask = tmask if m0 is None else (tmask & m0)
+        if weights is None:
+            weights = target.weights
+        if label_smoothing == 0.0:
+            label_smoothing = target.label_smoothing
+    elif isinstance(target, Tensor):
+        if target.is_floating_point():
+            labels, probs = None, target
+        else:
+            labels, probs = target, None
+    else:
+        raise ValueError(f"target must be a labels tensor, a probs tensor or a SoftTarget, got {type(target).__name__}")
+    eps = check_unit_interval(label_smoothing, "label_smoothing", high_open=True)
+    cs = check_chunk_size(chunk_size)
+    if labels is not None:
+        if tuple(labels.shape) != (B, T):
+            raise ValueError(f"labels must have shape {(B, T)}, got {tuple(labels.shape)}")
+        ignored = labels == ignore_index
+        m = check_mask(mask, "mask", labels, "labels")
+        m = ~ignored if m is None else (m & ~ignored)
+        safe = torch.where(ignored, torch.zeros_like(labels), labels)
+        real = labels[~ignored]
+        if real.numel() and (int(real.min()) < 0 or int(real.max()) >= V):
+            raise ValueError(f"labels must be token ids in [0, {V}) or ignore_index, got values in "
+                             f"[{int(real.min())}, {int(real.max())}]")
+    else:
+        check_tensor(probs, "target probs", shape=(B, T, V), floating=True)
+        if bool((probs < 0).any()):
+            raise ValueError("target probs must be non-negative")
+        m = check_mask(mask, "mask", logits[..., 0], "logits[..., 0]")
+    step = T if cs is None else cs
+    starts = range(0, T, step)
+
+    def block(lg: Tensor, tgt: Tensor) -> Tensor:
+        lsm = torch.log_softmax(_upcast(lg), dim=-1)
+        if labels is not None:
+            picked = lsm.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+            return (1.0 - eps) * picked + (eps / V) * lsm.sum(dim=-1) if eps > 0 else picked
+        q = tgt.to(lsm.dtype)
+        # 0 * (-inf) must count as 0 (forward and backward): only q > 0 contributes
+        return (q * torch.where(q > 0, lsm, torch.zeros_like(lsm))).sum(dim=-1)
+
+    tgt_all = safe if labels is not None else probs
+    parts = [
+        _chunked(block, len(starts), logits[:, s : s + step], tgt_all[:, s : s + step])
+        for s in starts
+    ]
+    neg_ce = torch.cat(parts, dim=1)
+    if m is not None:
+        neg_ce = torch.where(m, neg_ce, torch.zeros_like(neg_ce))
+    if not bool(torch.isfinite(neg_ce).all()):
+        raise ValueError("soft_target_nll: the target puts mass on a token whose logit is -inf")
+    return weighted_nll(neg_ce, m, weights, reduction)
+
+
+# ------------------------------------------------------------------------------- KL
+
+
+def categorical_kl(
+    logits_p: Tensor,
+    logits_q: Tensor,
+    mask: Tensor | None = None,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Exact ``KL(p ‖ q) = Σ_v p(v) (log p(v) − log q(v))`` per position from logits.
+
+    For the V-MPO trust region use ``p = π_old`` (detached) and ``q = π_θ`` (spec §5).
+    Memory-aware: all leading dims are flattened and processed ``chunk_size`` rows
+    (positions) at a time, each chunk checkpointed under autograd (its log-softmaxes are
+    recomputed in backward rather than stored); values and gradients equal the
+    unchunked ones.
+
+    Args:
+        logits_p, logits_q: ``[..., V]`` of the same shape (``[B, T, V]`` typically).
+        mask: ``[...]`` or ``None``; masked positions are 0.
+        chunk_size: positions per chunk or ``None``.
+
+    Returns:
+        ``[...]`` KL per position (differentiable w.r.t. both inputs).
+    """
+    _check_logits(logits_p, "logits_p")
+    _check_logits(logits_q, "logits_q")
+    check_same_shape(logits_p, "logits_p", logits_q, "logits_q")
+    lead = logits_p.shape[:-1]
+    m = check_mask(mask, "mask", logits_p[..., 0], "logits_p[..., 0]")
+    cs = check_chunk_size(chunk_size)
+    V = logits_p.shape[-1]
+    P = logits_p.reshape(-1, V)
+    Q = logits_q.reshape(-1, V)
+    M = P.shape[0]
+    step = M if cs is None else cs
+    starts = range(0, M, step)
+    parts = [_chunked(_kl_block, len(starts), P[s : s + step], Q[s : s + step]) for s in starts]
+    kl = (parts[0] if len(parts) == 1 else torch.cat(parts)).reshape(lead)
+    if m is not None:
+        kl = torch.where(m, kl, torch.zeros_like(kl))
+    return kl
+
+
+def _kl_block(P: Tensor, Q: Tensor) -> Tensor:
+    lp = torch.log_softmax(_upcast(P), dim=-1)
+    lq = torch.log_softmax(_upcast(Q), dim=-1)
+    p = lp.exp()
+    # p = 0 contributes 0 even where log q = -inf; the inner where keeps the NaN of
+    # (-inf) - (-inf) out of the backward pass as well
+    diff = torch.where(p > 0, lp - lq, torch.zeros_like(lp))
+    return (p * diff).sum(dim=-1)
+
+
+def _sample_logps(logp: Tensor, logq: Tensor) -> None:
+    check_tensor(logp, "logp", floating=True)
+    check_tensor(logq, "logq", floating=True)
+    check_same_shape(logp, "logp", logq, "logq")
+
+
+def kl_k1(logp: Tensor, logq: Tensor) -> Tensor:
+    """Sampled KL(p‖q) estimator k1 = ``log p(x) − log q(x)`` for ``x ~ p`` (unbiased,
+    high variance, can be negative). Elementwise; any shape."""
+    _sample_logps(logp, logq)
+    return logp - logq
+
+
+def kl_k2(logp: Tensor, logq: Tensor) -> Tensor:
+    """Sampled estimator k2 = ``½ (log q(x) − log p(x))²`` for ``x ~ p`` (biased, low
+    variance, ≥ 0). Elementwise."""
+    _sample_logps(logp, logq)
+    d = logq - logp
+    return 0.5 * d * d
+
+
+def kl_k3(logp: Tensor, logq: Tensor) -> Tensor:
+    """Sampled KL(p‖q) estimator k3 = ``(r − 1) − log r`` with ``r = q(x)/p(x)``,
+    ``x ~ p`` (unbiased, ≥ 0, low variance; Schulman 2020). Elementwise."""
+    _sample_logps(logp, logq)
+    log_r = logq - logp
+    return torch.expm1(log_r) - log_r
+
+
+# ----------------------------------------------------------------------- trust region
+
+
+class AlphaInfo(NamedTuple):
+    """Diagnostics of the KL dual (detached): alpha, kl, loss_alpha
+    (``α(ε − sg[KL])``), loss_kl (``sg[α] KL``)."""
+
+    alpha: Tensor
+    kl: Tensor
+    loss_alpha: Tensor
+    loss_kl: Tensor
+
+
+def alpha_trust_region(
+    kl: Tensor,
+    alpha_param: Tensor,
+    eps_alpha: float,
+    param: str = "softplus",
+    alpha_min: float = 0.0,
+) -> tuple[Tensor, AlphaInfo]:
+    """KL trust-region term with its Lagrange multiplier, exactly spec §5 eq. (1):
+
+    ``L_α(θ, α) = α (ε_α − sg[KL]) + sg[α] · KL``.
+
+    The first term trains α only (gradient ``ε_α − KL``: gradient descent raises α while
+    KL > ε_α, lowers it while KL < ε_α); the second trains the policy only, with gradient
+    ``sg[α] ∇KL``. ``α = temperature(alpha_param, param, alpha_min)`` (softplus or exp).
+
+    Args:
+        kl: 0-dim differentiable ``E_s KL(π_old ‖ π_θ)`` (e.g. ``categorical_kl(...).mean()``).
+        alpha_param: 0-dim unconstrained parameter (``requires_grad=True``).
+        eps_alpha: ε_α > 0.
+
+    Returns:
+        ``(loss scalar, AlphaInfo)``.
+    """
+    check_tensor(kl, "kl", ndim=0, floating=True)
+    check_tensor(alpha_param, "alpha_param", ndim=0, floating=True)
+    check_choice(param, "param", TEMPERATURE_PARAMS)
+    eps = check_positive(eps_alpha, "eps_alpha")
+    alpha = temperature(alpha_param, param, alpha_min)
+    loss_alpha = alpha * (eps - kl.detach())
+    loss_kl = alpha.detach() * kl
+    info = AlphaInfo(
+        alpha=alpha.detach(), kl=kl.detach(), loss_alpha=loss_alpha.detach(), loss_kl=loss_kl.detach()
+    )
+    return loss_alpha + loss_kl, info
+
+
+def gaussian_kl_decoupled(
+    mu_old: Tensor,
+    std_old: Tensor,
+    mu: Tensor,
+    std: Tensor,
+    mask: Tensor | None = None,
+    reduction: str = "mean",
+) -> tuple[Tensor, Tensor]:
+    """V-MPO's decoupled KL for diagonal Gaussians (Song et al. 2019, following MPO):
+
+    * mean part, new mean with the *old* covariance:
+      ``KL_μ = KL(N(μ_old, Σ_old) ‖ N(μ, Σ_old)) = ½ Σ_d (μ_d − μ_old,d)² / σ_old,d²``;
+    * covariance part, *old* mean with the new covariance:
+      ``KL_Σ = KL(N(μ_old, Σ_old) ‖ N(μ_old, Σ)) = ½ Σ_d (σ_old,d²/σ_d² − 1 + 2 log(σ_d/σ_old,d))``.
+
+    When only the mean moves, ``KL_μ`` is the full KL and ``KL_Σ = 0``; when only the
+    covariance moves, the reverse (in general their sum differs from the full KL because
+    ``KL_μ`` measures the mean step with the old covariance). Each part gets its own
+    dual (two calls to
+    :func:`alpha_trust_region` with α_μ, α_Σ).
+
+    Args:
+        mu_old, std_old, mu, std: ``[..., D]``, standard deviations > 0. Old ones are
+            detached here.
+        mask: ``[...]`` or ``None``. reduction: ``"mean"`` (over valid rows) or ``"none"``.
+
+    Returns:
+        ``(kl_mean, kl_cov)``: scalars, or ``[...]`` for ``reduction="none"``.
+    """
+    for name, x in (("mu_old", mu_old), ("std_old", std_old), ("mu", mu), ("std", std)):
+        check_tensor(x, name, floating=True)
+        if x.dim() < 1:
+            raise ValueError(f"{name} must have shape [..., D], got {tuple(x.shape)}")
+        check_same_shape(mu_old, "mu_old", x, name)
+    if not bool((std_old > 0).all()) or not bool((std > 0).all()):
+        raise ValueError("std_old and std must be > 0")
+    check_choice(reduction, "reduction", ("mean", "none"))
+    m = check_mask(mask, "mask", mu_old[..., 0], "mu_old[..., 0]")
+    mo, so = mu_old.detach(), std_old.detach()
+    kl_mu = 0.5 * (((mu - mo) / so) ** 2).sum(-1)
+    ratio = so / std
+    kl_cov = 0.5 * (ratio * ratio - 1.0 - 2.0 * torch.log(ratio)).sum(-1)
+    if reduction == "none":
+        if m is not None:
+            kl_mu = torch.where(m, kl_mu, torch.zeros_like(kl_mu))
+            kl_cov = torch.where(m, kl_cov, torch.zeros_like(kl_cov))
+        return kl_mu, kl_cov
+    return masked_mean(kl_mu, m), masked_mean(kl_cov, m)
+

@@ -1,0 +1,1 @@
+"""Tests of emrl.objectives (issue 2, part 3)."""
