@@ -1,0 +1,194 @@
+"""Teacher-forced forward passes and the prompt + completion batch layout.
+
+Every LM batch in emrl (sampled rollouts and SFT demonstrations alike) has one layout,
+``[N, P + L]``:
+
+    [pad .. pad | prompt tokens (left-padded to P) | completion tokens .. EOS | pad .. pad]
+
+``attention_mask`` is 1 on real tokens, ``completion_mask`` is True on completion tokens
+(EOS included). Position ids are ``cumsum(attention_mask) - 1`` so left padding does
+not shift positions. :func:`completion_logprobs` returns ``logp[:, j] = log π(x_j | x_<j)``
+at completion positions — the per-token terms of ``log π_θ(τ | x) = Σ_t log π_θ(a_t | s_t)``
+(spec §6, "Token-Level Form") that the M-step (weighted NLL), trust regions and PPO
+ratios use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from emrl.errors import EmrlError
+from emrl.objectives import token_logprobs
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """``[N, T]`` positions counting real tokens only (0 on left padding)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def completion_logprobs(
+    model,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    completion_mask: Tensor,
+    *,
+    return_logits: bool = False,
+    chunk_size: int | None = None,
+):
+    """Teacher-forced per-token log-probs of the completion tokens.
+
+    Args:
+        model: a HF causal LM (its current train/eval mode is used, so dropout applies
+            in train mode; gradients flow unless the caller disables them).
+        input_ids: ``[N, T]`` token ids (layout in the module docstring).
+        attention_mask: ``[N, T]`` 1 on real tokens.
+        completion_mask: ``[N, T]`` bool, True on completion tokens; must be False at
+            column 0 (a completion token needs a preceding context).
+        return_logits: also return the logits aligned with ``logp``.
+        chunk_size: time steps per chunk of the log-softmax (memory; same result).
+
+    Returns:
+        ``logp`` ``[N, T]`` float32: ``logp[:, j] = log π(input_ids[:, j] | input_ids[:, <j])``
+        where ``completion_mask[:, j]``, 0 elsewhere. With ``return_logits``:
+        ``(logp, logits)`` where ``logits[:, j]`` ``[N, T, V]`` are the logits that predict
+        token ``j`` (``logits[:, 0]`` is zero).
+    """
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [N, T], got shape {tuple(input_ids.shape)}")
+    for name, t in (("attention_mask", attention_mask), ("completion_mask", completion_mask)):
+        if tuple(t.shape) != tuple(input_ids.shape):
+            raise ValueError(
+                f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(t.shape)}"
+            )
+    cmask = completion_mask.bool()
+    if cmask[:, 0].any():
+        raise ValueError("completion_mask must be False at column 0 (no context to predict it)")
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    )
+    logits = out.logits  # [N, T, V]; logits[:, j] predicts token j + 1
+    lp = token_logprobs(logits[:, :-1], input_ids[:, 1:], chunk_size=chunk_size)  # [N, T-1]
+    logp = torch.cat([lp.new_zeros(lp.shape[0], 1), lp], dim=1)
+    logp = torch.where(cmask, logp, torch.zeros_like(logp))
+    if not return_logits:
+        return logp
+    aligned = torch.cat([logits.new_zeros(logits.shape[0], 1, logits.shape[-1]), logits[:, :-1]], 1)
+    return logp, aligned
+
+
+def assemble_batch(
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
+    pad_token_id: int,
+    completion_values: Sequence[Sequence[float]] | None = None,
+) -> dict[str, Tensor]:
+    """Lay out prompts (left-padded) and completions (right-padded) as ``[N, P + L]``.
+
+    Returns a dict with ``input_ids`` (long), ``attention_mask`` (long),
+    ``completion_mask`` (bool), ``completion_lengths`` ``[N]`` (long), ``prompt_len`` (P)
+    and, when ``completion_values`` (one float per completion token) is given,
+    ``values`` ``[N, P + L]`` float32 placed at the completion positions (0 elsewhere).
+    """
+    n = len(prompt_ids)
+    if len(completion_ids) != n:
+        raise ValueError(f"{n} prompts but {len(completion_ids)} completions")
+    P = max((len(p) for p in prompt_ids), default=0)
+    L = max((len(c) for c in completion_ids), default=0)
+    input_ids = torch.full((n, P + L), int(pad_token_id), dtype=torch.long)
+    attention_mask = torch.zeros((n, P + L), dtype=torch.long)
+    completion_mask = torch.zeros((n, P + L), dtype=torch.bool)
+    values = torch.zeros((n, P + L), dtype=torch.float32) if completion_values is not None else None
+    lengths = torch.zeros(n, dtype=torch.long)
+    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
+        lp, lc = len(p), len(c)
+        if lp:
+            input_ids[i, P - lp : P] = torch.as_tensor(list(p), dtype=torch.long)
+            attention_mask[i, P - lp : P] = 1
+        if lc:
+            input_ids[i, P : P + lc] = torch.as_tensor(list(c), dtype=torch.long)
+            attention_mask[i, P : P + lc] = 1
+            completion_mask[i, P : P + lc] = True
+        if values is not None and lc:
+            v = completion_values[i]
+            if len(v) != lc:
+                raise ValueError(f"row {i}: {len(v)} values for {lc} completion tokens")
+            values[i, P : P + lc] = torch.as_tensor(list(v), dtype=torch.float32)
+        lengths[i] = lc
+    out = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "completion_mask": completion_mask,
+        "completion_lengths": lengths,
+        "prompt_len": P,
+    }
+    if values is not None:
+        out["values"] = values
+    return out
+
+
+def fit_to_context(
+    prompt_ids: list[int],
+    n_after: int,
+    max_length: int | None,
+    *,
+    truncate: bool,
+    what: str = "prompt",
+    index: int = 0,
+) -> list[int]:
+    """Check ``len(prompt_ids) + n_after <= max_length``; else cut the prompt from the left
+    (``truncate``) or raise :class:`EmrlError` naming the index and the lengths."""
+    if max_length is None or len(prompt_ids) + n_after <= max_length:
+        return prompt_ids
+    keep = max_length - n_after
+    if not truncate or keep < 1:
+        raise EmrlError(
+            f"{what} {index} has {len(prompt_ids)} tokens; with {n_after} more tokens it exceeds "
+            f"the model's context of {max_length} tokens"
+            + ("" if keep < 1 and truncate else " (enable prompt truncation to cut it from the left)")
+        )
+    return list(prompt_ids[-keep:])
+
+
+def encode_prompt_completion(
+    tokenizer,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    *,
+    add_eos: bool = True,
+    max_length: int | None = None,
+    truncate: bool = False,
+) -> dict[str, Tensor]:
+    """Tokenise (prompt, completion) pairs for a teacher-forced M-step (e.g. SFT, spec §6).
+
+    The prompt is encoded with the tokenizer's special tokens (``<bos>`` for ``tiny``), the
+    completion without, followed by EOS when ``add_eos``. Prompts that do not fit
+    ``max_length`` (the model's context) with their completion raise :class:`EmrlError`,
+    or are cut from the left when ``truncate``.
+
+    Returns:
+        :func:`assemble_batch`'s dict (``input_ids``, ``attention_mask``,
+        ``completion_mask``, ``completion_lengths``, ``prompt_len``), all ``[N, P + L]``.
+    """
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    if add_eos and tokenizer.eos_token_id is None:
+        raise EmrlError("the tokenizer has no EOS token")
+    p_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    c_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
+    if add_eos:
+        c_ids = [list(c) + [tokenizer.eos_token_id] for c in c_ids]
+    fitted = []
+    for i, (p, c) in enumerate(zip(p_ids, c_ids, strict=True)):
+        if max_length is not None and len(c) >= max_length:
+            raise EmrlError(
+                f"completion {i} has {len(c)} tokens, more than the model's context of {max_length}"
+            )
+        fitted.append(fit_to_context(list(p), len(c), max_length, truncate=truncate, index=i))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return assemble_batch(fitted, c_ids, pad)

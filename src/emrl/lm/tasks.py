@@ -1,0 +1,549 @@
+"""Tasks: prompts with demonstrations and a reward, split into train and held-out sets.
+
+A task spec (``--task``) is one of
+
+* ``None`` — the default task (:data:`DEFAULT_TASK_SPEC`): reasoning-gym
+  ``basic_arithmetic`` with two terms of one or two digits, ``+`` and ``-``, prompted as
+  ``"12 + 7="`` with the answer (``"19"``) as completion. About 12 tokens per example
+  with the ``tiny`` tokenizer, so a tiny model learns it on a CPU in minutes;
+* ``reasoning_gym:<name>[?key=value&...]`` — any reasoning-gym dataset with its options
+  (``operators=+,-`` gives a list), rewarded by the dataset's own ``score_answer``;
+* a local ``.jsonl`` / ``.json`` / ``.csv`` / ``.parquet`` file or a directory written by
+  ``datasets.save_to_disk``, with a ``prompt`` column and optionally ``completion``
+  (demonstration), ``answer`` and any other columns (passed to reward functions).
+
+Train and held-out (``eval``) sets are deterministic given ``seed`` and disjoint **by
+question text**. reasoning-gym seeds item ``i`` with ``seed + i``, so datasets built with
+nearby seeds share most items; we therefore build the held-out set first (from
+``seed``), then the training set from a far-away seed, dropping every item whose
+question text is already used (and duplicates). User datasets are grouped by prompt
+text, the groups shuffled with ``seed`` and split, so one prompt never lands on both
+sides.
+
+The prompt fed to the model is ``template.format(**fields)``. Fields: ``question`` and
+the scalar entries of ``metadata`` for reasoning-gym (e.g. ``expression``), the columns
+for user datasets (``prompt`` is the raw column). The sample's completion (demonstration)
+is the answer for reasoning-gym tasks, the ``completion`` column for user data.
+
+The reward (spec §6's ``R(x, τ)``) is reasoning-gym's verifier, or user reward functions
+(see :mod:`emrl.lm.rewards`); accuracy is exact match of the stripped completion with
+the stripped ``answer``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import string
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import yaml
+
+from emrl.errors import EmrlError, close_matches, unknown_name_error
+from emrl.lm.rewards import BUILTIN_REWARDS, build_reward, compute_rewards, reward_name
+
+RG_PREFIX = "reasoning_gym:"
+DEFAULT_TASK_SPEC = (
+    "reasoning_gym:basic_arithmetic?min_terms=2&max_terms=2&min_digits=1&max_digits=2"
+    "&operators=+,-&allow_parentheses=false&allow_negation=false"
+)
+#: template of the default task: the bare expression then ``=`` (e.g. ``"5 - 33="``).
+DEFAULT_TASK_TEMPLATE = "{expression}="
+#: template of other reasoning-gym tasks.
+RG_TEMPLATE = "{question}\nAnswer: "
+#: template of user datasets: the ``prompt`` column unchanged.
+USER_TEMPLATE = "{prompt}"
+#: number of training items for reasoning-gym tasks when ``num_train`` is None.
+DEFAULT_RG_NUM_TRAIN = 5000
+TASK_INFO_FILE = "emrl_task.json"
+_TRAIN_SEED_OFFSET = 1_000_003  # far from the held-out seeds seed .. seed + num_eval
+USER_EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
+
+
+@dataclass
+class Task:
+    """Prompts with a reward, split into ``train`` and held-out ``eval`` rows.
+
+    Rows are dicts with ``prompt`` (final text fed to the model, template applied),
+    ``completion`` (demonstration, may be absent for user data), ``answer`` (if known)
+    and the other columns. ``train`` and ``eval`` share no question text.
+    """
+
+    name: str
+    spec: str | None
+    train: list[dict]
+    eval: list[dict]
+    template: str
+    reward_fn: Callable[..., Sequence[float]] | None
+    options: dict = field(default_factory=dict)
+
+    def reward_columns(self, rows: Sequence[dict]) -> dict[str, list[Any]]:
+        """TRL-style keyword columns for ``rows``: every key except prompt/completion."""
+        keys = [k for k in (rows[0] if rows else {}) if k not in ("prompt", "completion")]
+        return {k: [r.get(k) for r in rows] for k in keys}
+
+    def reward(self, prompts: Sequence[str], completions: Sequence[str], rows: Sequence[dict]) -> list[float]:
+        """Rewards ``[N]`` of ``completions`` (validated by :func:`compute_rewards`).
+
+        ``rows[i]`` is the task row that ``prompts[i]`` came from (rows repeat for k
+        samples per prompt).
+        """
+        if self.reward_fn is None:
+            raise EmrlError(
+                f"task {self.name!r} has no reward: it has no 'answer' column and no reward "
+                "functions were given (use reward functions 'module:function' or a reward model)"
+            )
+        if len(rows) != len(completions):
+            raise EmrlError(f"task.reward: {len(rows)} rows for {len(completions)} completions")
+        return compute_rewards(self.reward_fn, prompts, completions, self.reward_columns(rows)).tolist()
+
+    def is_correct(self, completion: str, row: dict) -> bool:
+        """Exact match: ``completion.strip() == str(row["answer"]).strip()``."""
+        answer = row.get("answer")
+        if answer is None:
+            raise EmrlError(f"task {self.name!r} has no 'answer' column: accuracy is undefined")
+        return completion.strip() == str(answer).strip()
+
+    @property
+    def has_answers(self) -> bool:
+        rows = self.eval or self.train
+        return bool(rows) and all(r.get("answer") is not None for r in rows)
+
+    def info(self) -> dict:
+        """Everything :func:`load_task` needs to rebuild this task (JSON-serialisable)."""
+        return {"spec": self.spec, **self.options}
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _parse_value(text: str) -> Any:
+    if "," in text and not text.strip().startswith(("[", "{")):
+        return [_parse_value(t) for t in text.split(",")]
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, (list, dict)) and not text.strip().startswith(("[", "{")):
+        return text  # e.g. "-" parses as a YAML list; keep the literal text
+    return text if value is None and text.strip().lower() not in ("null", "none", "~") else value
+
+
+def parse_rg_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"reasoning_gym:name?a=1&b=x,y"`` -> ``("name", {"a": 1, "b": ["x", "y"]})``."""
+    rest = spec[len(RG_PREFIX) :]
+    name, _, query = rest.partition("?")
+    name = name.strip()
+    if not name:
+        raise EmrlError(f"task spec {spec!r}: missing dataset name after 'reasoning_gym:'")
+    options: dict[str, Any] = {}
+    for part in filter(None, query.split("&")):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise EmrlError(f"task spec {spec!r}: cannot parse option {part!r} (use key=value&...)")
+        # '+' is an operator in arithmetic options, not a URL-encoded space: use unquote.
+        options[unquote(key.strip())] = _parse_value(unquote(value))
+    return name, options
+
+
+def _template_fields(template: str) -> list[str]:
+    out = []
+    try:
+        for _, fname, _, _ in string.Formatter().parse(template):
+            if fname is not None:
+                if fname == "":
+                    raise EmrlError(
+                        f"prompt template {template!r} has a positional '{{}}'; use named "
+                        "fields such as {question}"
+                    )
+                out.append(fname.split(".")[0].split("[")[0])
+    except ValueError as e:
+        raise EmrlError(f"prompt template {template!r} is malformed: {e}") from e
+    return out
+
+
+def apply_template(template: str, fields: dict[str, Any]) -> str:
+    """``template.format(**fields)`` with a clear error for unknown fields."""
+    for name in _template_fields(template):
+        if name not in fields:
+            raise EmrlError(
+                f"prompt template {template!r} uses field {{{name}}}, which this task does "
+                f"not have; available fields: {', '.join(sorted(fields))}"
+            )
+    return template.format(**fields)
+
+
+# ----------------------------------------------------------------------- reasoning-gym
+
+
+def _rg_registry() -> dict[str, Any]:
+    import reasoning_gym  # noqa: F401 - registers the datasets
+    from reasoning_gym.factory import DATASETS
+
+    return DATASETS
+
+
+def _make_rg_dataset(name: str, options: dict[str, Any], *, seed: int, size: int):
+    registry = _rg_registry()
+    if name not in registry:
+        raise unknown_name_error("reasoning-gym dataset", name, sorted(registry))
+    dataset_cls, config_cls = registry[name]
+    import dataclasses
+
+    valid = {f.name for f in dataclasses.fields(config_cls)} - {"seed", "size"}
+    for key in options:
+        if key not in valid:
+            err = unknown_name_error(f"option of reasoning-gym dataset {name!r}:", key, sorted(valid))
+            if "Did you mean" not in str(err):
+                err = EmrlError(f"{err} Its options: {', '.join(sorted(valid))}.")
+            raise err
+    try:
+        config = config_cls(**options, seed=seed, size=size)
+        if hasattr(config, "validate"):
+            config.validate()
+        return dataset_cls(config=config)
+    except EmrlError:
+        raise
+    except Exception as e:  # noqa: BLE001 - reasoning-gym validates with assert/ValueError
+        raise EmrlError(f"reasoning-gym dataset {name!r} rejected options {options}: {e}") from e
+
+
+def _rg_fields(item: dict) -> dict[str, Any]:
+    fields: dict[str, Any] = {"question": item["question"]}
+    for k, v in (item.get("metadata") or {}).items():
+        if isinstance(v, (str, int, float, bool)) and k not in fields:
+            fields[k] = v
+    return fields
+
+
+def _rg_row(item: dict, template: str) -> dict:
+    answer = item.get("answer")
+    return {
+        "prompt": apply_template(template, _rg_fields(item)),
+        "completion": None if answer is None else str(answer),
+        "answer": None if answer is None else str(answer),
+        "question": item["question"],
+        "metadata": item.get("metadata") or {},
+    }
+
+
+def _rg_items(name, options, template, *, seed, want, exclude: set[str], hard_limit: int):
+    """Up to ``want`` items whose question texts and prompts (template applied) are unique
+    and not in ``exclude``.
+
+    Generates chunks of items from ``seed`` onward until enough are found or
+    ``hard_limit`` items were generated.
+    """
+    out: list[dict] = []
+    ds = None
+    seen = set(exclude)
+    generated = 0
+    chunk = max(64, 2 * want)
+    while len(out) < want and generated < hard_limit:
+        size = min(chunk, hard_limit - generated)
+        ds = _make_rg_dataset(name, options, seed=seed + generated, size=size)
+        for i in range(size):
+            item = ds[i]
+            q = item["question"]
+            prompt = "\0" + apply_template(template, _rg_fields(item))  # prompts vs questions
+            if q in seen or prompt in seen:
+                continue
+            seen.update((q, prompt))
+            out.append(item)
+            if len(out) >= want:
+                break
+        generated += size
+    return out, ds
+
+
+def _load_rg_task(spec, name, options, *, seed, num_train, num_eval, template, is_default):
+    template = template if template is not None else (
+        DEFAULT_TASK_TEMPLATE if is_default else RG_TEMPLATE
+    )
+    want_train = DEFAULT_RG_NUM_TRAIN if num_train is None else num_train
+    eval_items, ds = _rg_items(
+        name, options, template, seed=seed, want=num_eval, exclude=set(), hard_limit=max(64, 20 * num_eval)
+    )
+    if len(eval_items) < num_eval:
+        raise EmrlError(
+            f"reasoning-gym dataset {name!r} with options {options} gave only "
+            f"{len(eval_items)} distinct questions; cannot hold out {num_eval}"
+        )
+    train_items, ds_train = _rg_items(
+        name,
+        options,
+        template,
+        seed=seed + _TRAIN_SEED_OFFSET,
+        want=want_train,
+        exclude={it["question"] for it in eval_items}
+        | {"\0" + apply_template(template, _rg_fields(it)) for it in eval_items},
+        hard_limit=max(64, 20 * want_train),
+    )
+    if num_train is not None and len(train_items) < num_train:
+        raise EmrlError(
+            f"reasoning-gym dataset {name!r} with options {options} has only "
+            f"{len(train_items)} distinct questions besides the {num_eval} held out; "
+            f"asked for num_train={num_train}"
+        )
+    if not train_items and want_train > 0:
+        raise EmrlError(f"reasoning-gym dataset {name!r}: no training questions left")
+    verifier_ds = next((d for d in (ds, ds_train) if d is not None), None)
+    if verifier_ds is None:
+        verifier_ds = _make_rg_dataset(name, options, seed=seed, size=1)
+
+    def verifier(prompts, completions, question, answer, metadata, **_):
+        return [
+            float(verifier_ds.score_answer(c.strip(), {"question": q, "answer": a, "metadata": m}))
+            for c, q, a, m in zip(completions, question, answer, metadata, strict=True)
+        ]
+
+    verifier.reward_name = f"verifier:{name}"
+    return (
+        [_rg_row(it, template) for it in train_items],
+        [_rg_row(it, template) for it in eval_items],
+        template,
+        verifier,
+    )
+
+
+# ----------------------------------------------------------------------- user datasets
+
+
+def _read_user_rows(path: Path) -> tuple[list[dict], list[dict] | None]:
+    """Rows of a user file / saved dataset; the second list is a given held-out split."""
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        import datasets
+
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except Exception as e:  # noqa: BLE001
+            raise EmrlError(f"could not load a saved Hugging Face dataset from {str(path)!r}: {e}") from e
+        if isinstance(ds, datasets.DatasetDict):
+            if "train" not in ds:
+                raise EmrlError(
+                    f"saved dataset {str(path)!r} has splits {list(ds)}; expected a 'train' split"
+                )
+            held = next((ds[s] for s in ("test", "validation", "eval") if s in ds), None)
+            return ds["train"].to_list(), (held.to_list() if held is not None else None)
+        return ds.to_list(), None
+    if suffix in (".jsonl", ".json"):
+        text = path.read_text(encoding="utf-8")
+        stripped = text.lstrip()
+        try:
+            if suffix == ".json" and stripped.startswith("["):
+                rows = json.loads(text)
+            else:
+                rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as e:
+            raise EmrlError(f"{str(path)!r} is not valid JSON lines: {e}") from e
+        if not all(isinstance(r, dict) for r in rows):
+            raise EmrlError(f"{str(path)!r}: every JSON line must be an object with a 'prompt' key")
+        return rows, None
+    if suffix == ".csv":
+        import pandas as pd
+
+        try:
+            df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except pd.errors.EmptyDataError:
+            return [], None
+        return df.to_dict(orient="records"), None
+    if suffix == ".parquet":
+        import pandas as pd
+
+        return pd.read_parquet(path).to_dict(orient="records"), None
+    raise EmrlError(
+        f"unsupported task file {str(path)!r}: expected {', '.join(USER_EXTENSIONS)} or a "
+        "saved Hugging Face dataset directory"
+    )
+
+
+def _user_row(raw: dict, template: str) -> dict:
+    row = dict(raw)
+    row["prompt"] = apply_template(template, raw)
+    if "answer" in row and row["answer"] is not None:
+        row["answer"] = str(row["answer"])
+    if "completion" in row and row["completion"] is not None:
+        row["completion"] = str(row["completion"])
+    return row
+
+
+def _check_user_rows(rows: list[dict], where: str) -> None:
+    if not rows:
+        raise EmrlError(f"dataset {where} is empty (expected rows with a 'prompt' column)")
+    if "prompt" not in rows[0]:
+        raise EmrlError(
+            f"dataset {where} has no 'prompt' column (columns: {', '.join(map(str, rows[0]))})"
+        )
+    for i, r in enumerate(rows):
+        p = r.get("prompt")
+        if not isinstance(p, str) or (isinstance(p, float) and math.isnan(p)):
+            raise EmrlError(f"dataset {where}: row {i} has no text in its 'prompt' column ({p!r})")
+
+
+def _load_user_task(spec, *, seed, num_train, num_eval, template):
+    path = Path(os.path.expanduser(spec))
+    rows, held = _read_user_rows(path)
+    _check_user_rows(rows, repr(str(path)))
+    template = template if template is not None else USER_TEMPLATE
+    if held is not None:
+        _check_user_rows(held, f"{str(path)!r} (held-out split)")
+        held_texts = {r["prompt"] for r in held}
+        train_raw = [r for r in rows if r["prompt"] not in held_texts]
+        eval_raw = list({r["prompt"]: r for r in reversed(held)}.values())[::-1][:num_eval]
+    else:
+        groups: dict[str, list[dict]] = {}
+        for r in rows:
+            groups.setdefault(r["prompt"], []).append(r)
+        texts = list(groups)
+        random.Random(seed).shuffle(texts)
+        n_eval = num_eval if len(texts) >= 2 * num_eval else min(num_eval, len(texts) // 2)
+        eval_raw = [groups[t][0] for t in texts[:n_eval]]
+        train_raw = [r for t in texts[n_eval:] for r in groups[t]]
+    if num_train is not None:
+        train_raw = train_raw[:num_train]
+    train = [_user_row(r, template) for r in train_raw]
+    evals = [_user_row(r, template) for r in eval_raw]
+    return train, evals, template
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_task(
+    spec: str | None,
+    *,
+    seed: int = 0,
+    num_train: int | None = None,
+    num_eval: int = 200,
+    template: str | None = None,
+    reward_funcs: Sequence[Any] | None = None,
+    reward_weights: Sequence[float] | None = None,
+) -> Task:
+    """Build a :class:`Task` from a spec (see module docstring).
+
+    Args:
+        spec: ``None`` (default task), ``reasoning_gym:<name>[?k=v&...]``, or a local file /
+            saved dataset directory.
+        seed: fixes which questions are generated/held out and their order.
+        num_train: training rows (reasoning-gym: distinct questions, default
+            :data:`DEFAULT_RG_NUM_TRAIN`; user data: all remaining rows).
+        num_eval: held-out rows (distinct question texts).
+        template: prompt template (``str.format`` fields, see module docstring).
+        reward_funcs: reward specs replacing the default reward: ``"module:function"``,
+            ``"exact_match"``, ``"verifier"`` (reasoning-gym), a local reward-model
+            directory, or callables; combined with ``reward_weights`` (default 1 each).
+
+    Raises:
+        EmrlError: unknown dataset (with close matches) or option, missing file, empty
+            dataset, no ``prompt`` column, template field missing, too few questions.
+    """
+    if num_eval < 0:
+        raise EmrlError(f"num_eval must be >= 0, got {num_eval}")
+    if num_train is not None and num_train < 0:
+        raise EmrlError(f"num_train must be >= 0, got {num_train}")
+    is_default = spec is None or spec == "" or spec == "default"
+    resolved = DEFAULT_TASK_SPEC if is_default else str(spec)
+    verifier = None
+    if resolved.startswith(RG_PREFIX):
+        name, options = parse_rg_spec(resolved)
+        train, evals, template, verifier = _load_rg_task(
+            resolved, name, options, seed=seed, num_train=num_train, num_eval=num_eval,
+            template=template, is_default=is_default,
+        )
+        task_name = "default" if is_default else f"reasoning_gym:{name}"
+        default_reward = verifier
+    else:
+        path = Path(os.path.expanduser(resolved))
+        if not path.exists():
+            if os.sep not in resolved and not resolved.lower().endswith(USER_EXTENSIONS):
+                # looks like a task name, not a file: suggest reasoning-gym datasets
+                bare = resolved.split("?")[0].split(":")[-1]
+                names = sorted(_rg_registry())
+                matches = close_matches(bare, names)
+                hint = (f" Did you mean: {', '.join(RG_PREFIX + m for m in matches)}?"
+                        if matches else "")
+                raise EmrlError(
+                    f"unknown task {resolved!r}: expected 'reasoning_gym:<name>[?k=v&...]', a "
+                    f"{'/'.join(USER_EXTENSIONS)} file or a saved dataset directory.{hint}"
+                )
+            raise EmrlError(
+                f"task file {resolved!r} does not exist (expected 'reasoning_gym:<name>', a "
+                f"{'/'.join(USER_EXTENSIONS)} file or a saved dataset directory)"
+            )
+        resolved = str(path.resolve())
+        train, evals, template = _load_user_task(
+            resolved, seed=seed, num_train=num_train, num_eval=num_eval, template=template
+        )
+        task_name = path.name
+        rows = evals or train
+        default_reward = BUILTIN_REWARDS["exact_match"] if rows and all(
+            r.get("answer") is not None for r in rows
+        ) else None
+    reward_fn = default_reward
+    reward_specs: list[str] | None = None
+    if reward_funcs:
+        specs = []
+        for s in reward_funcs:
+            if s == "verifier":
+                if verifier is None:
+                    raise EmrlError("reward 'verifier' exists only for reasoning-gym tasks")
+                specs.append(verifier)
+            else:
+                specs.append(s)
+        reward_fn = build_reward(specs, reward_weights)
+        reward_specs = [s if isinstance(s, str) else reward_name(s) for s in reward_funcs]
+    options = {
+        "seed": seed,
+        "num_train": num_train,
+        "num_eval": num_eval,
+        "template": template,
+        "reward_funcs": reward_specs,
+        "reward_weights": list(reward_weights) if reward_weights is not None else None,
+    }
+    return Task(
+        name=task_name,
+        spec=None if is_default else resolved,
+        train=train,
+        eval=evals,
+        template=template,
+        reward_fn=reward_fn,
+        options=options,
+    )
+
+
+def save_task_info(model_dir: str | os.PathLike, task: Task) -> Path:
+    """Write ``model_dir/emrl_task.json`` so ``emrl lm eval --model model_dir`` finds the task."""
+    from emrl.checkpoint import atomic_write_json
+
+    path = Path(model_dir) / TASK_INFO_FILE
+    atomic_write_json(path, task.info())
+    return path
+
+
+def load_task_info(model_dir: str | os.PathLike) -> dict | None:
+    """The task info saved next to a model (keyword arguments of :func:`load_task`), or None."""
+    path = Path(model_dir) / TASK_INFO_FILE
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise EmrlError(f"cannot read task info {str(path)!r}: {e}") from e
+    if not isinstance(info, dict) or "spec" not in info:
+        raise EmrlError(f"task info {str(path)!r} is malformed (expected an object with 'spec')")
+    return info
+
+
+def load_task_from_info(info: dict, **overrides: Any) -> Task:
+    """:func:`load_task` from a dict written by :func:`save_task_info` (``overrides`` win)."""
+    kwargs = {k: info[k] for k in ("seed", "num_train", "num_eval", "template", "reward_funcs",
+                                   "reward_weights") if k in info}
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    return load_task(info.get("spec"), **kwargs)
