@@ -1,0 +1,127 @@
+"""Learning curves of the control agents (PPO, V-MPO) over seeds; records the figures.
+
+Presets (the exact overrides are printed into the record):
+
+* ``cartpole``    CartPole-v1, 100k steps, library defaults; target: eval ≥ 475.
+* ``lunarlander`` LunarLander-v3, 1M steps, overrides below; target: deterministic eval ≥ 200.
+* ``pendulum``    Pendulum-v1 (continuous, Gaussian policy), V-MPO, 200k steps, overrides below;
+  target (for the table): eval ≥ -200.
+
+Evaluation: ``eval_episodes`` full episodes with the policy's mode (deterministic)
+every ``eval_every`` env steps, on separately seeded envs. Writes
+``benchmarks/results/control_<preset>.md`` (appending nothing: the file is rewritten).
+
+    python benchmarks/control_learning.py --preset cartpole --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("EMRL_PROGRESS", "0")
+
+from emrl.control.config import ControlConfig  # noqa: E402
+from emrl.control.train import train  # noqa: E402
+from emrl.metrics import read_metrics  # noqa: E402
+
+PRESETS: dict[str, dict] = {
+    "cartpole": {
+        "env": "CartPole-v1", "algos": ["ppo", "vmpo"], "total_steps": 100_000, "target": 475.0,
+        "overrides": {"eval_every": 5_000, "eval_episodes": 10},
+    },
+    "lunarlander": {
+        "env": "LunarLander-v3", "algos": ["ppo", "vmpo"], "total_steps": 1_000_000, "target": 200.0,
+        # rl-zoo's LunarLander PPO hyperparameters (16 envs x 1024 steps, minibatch 64,
+        # 4 epochs, γ 0.999, λ 0.98, entropy 0.01, constant lr 3e-4 and clip 0.2)
+        "overrides": {"num_envs": 16, "unroll_length": 1024, "gamma": 0.999, "gae_lambda": 0.98,
+                      "epochs": 4, "num_minibatches": 256, "lr": 3e-4, "anneal_lr": False,
+                      "ent_coef": 0.01, "anneal_clip": False, "eval_every": 50_000,
+                      "eval_episodes": 10, "checkpoint_every": 0},
+    },
+    "pendulum": {
+        "env": "Pendulum-v1", "algos": ["vmpo"], "total_steps": 200_000, "target": -200.0,
+        "overrides": {"gamma": 0.95, "gae_lambda": 0.95, "epochs": 10, "unroll_length": 64,
+                      "normalize_obs": True, "reward_scale": 0.1, "vmpo_norm_adv": True,
+                      "eval_every": 10_000, "eval_episodes": 10},
+    },
+}
+
+
+def run_one(env: str, algo: str, seed: int, total: int, overrides: dict) -> dict:
+    cfg = ControlConfig(algo=algo, env=env, seed=seed, total_steps=total, **overrides)
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        train(cfg, Path(d) / "run")
+        wall = time.perf_counter() - t0
+        rows = read_metrics(Path(d) / "run" / "metrics.jsonl")
+    curve = [(r["samples"], r["eval/return"]) for r in rows if "eval/return" in r]
+    sps = [r["throughput/steps_per_s"] for r in rows if "throughput/steps_per_s" in r]
+    return {"algo": algo, "seed": seed, "curve": curve, "wall_s": wall,
+            "steps_per_s_median": sorted(sps)[len(sps) // 2] if sps else None}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(PRESETS), required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--algos", nargs="+", default=None)
+    ap.add_argument("--total-steps", type=int, default=None)
+    ap.add_argument("--out", default=None, help="markdown record (default benchmarks/results/control_<preset>.md)")
+    args = ap.parse_args()
+    p = PRESETS[args.preset]
+    algos = args.algos or p["algos"]
+    total = args.total_steps or p["total_steps"]
+    results = []
+    for algo in algos:
+        for seed in args.seeds:
+            r = run_one(p["env"], algo, seed, total, p["overrides"])
+            first = next((s for s, v in r["curve"] if v >= p["target"]), None)
+            r["first_target_step"] = first
+            results.append(r)
+            print(json.dumps({k: v for k, v in r.items() if k != "curve"}), flush=True)
+            print("  curve:", " ".join(f"{s}:{v:.0f}" for s, v in r["curve"]), flush=True)
+    out = Path(args.out or Path(__file__).parent / "results" / f"control_{args.preset}.md")
+    cmd = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]])
+    lines = [
+        f"# Control learning curves: {p['env']} ({args.preset})",
+        "",
+        f"Command: `{cmd}` (from the repository root, `.venv/bin/python`).",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs shared with other jobs (figures taken under contention), "
+        f"torch threads = {ControlConfig().num_threads}; recorded {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        f"Config: library defaults plus `{json.dumps(p['overrides'])}`; total {total} env steps.",
+        f"Evaluation: mean undiscounted return of {p['overrides'].get('eval_episodes', 10)} episodes with the policy's mode (deterministic), "
+        f"every {p['overrides'].get('eval_every')} env steps and at the end. Target: {p['target']}.",
+        "",
+        "| algo | seed | first eval ≥ target at env step | best eval | final eval | wall s | median steps/s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        best = max(v for _, v in r["curve"])
+        lines.append(
+            f"| {r['algo']} | {r['seed']} | {r['first_target_step'] if r['first_target_step'] is not None else 'not reached'} "
+            f"| {best:.1f} | {r['curve'][-1][1]:.1f} | {r['wall_s']:.0f} | {r['steps_per_s_median']:.0f} |"
+        )
+    lines += ["", "Summary:"]
+    for algo in algos:
+        rs = [r for r in results if r["algo"] == algo]
+        hit = sum(r["first_target_step"] is not None for r in rs)
+        lines.append(f"- {algo}: reached {p['target']} on {hit} of {len(rs)} seeds within {total} steps.")
+    lines += ["", "Curves (env step: eval return):", ""]
+    for r in results:
+        lines.append(f"- {r['algo']} seed {r['seed']}: " + ", ".join(f"{s}: {v:.1f}" for s, v in r["curve"]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

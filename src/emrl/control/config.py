@@ -1,0 +1,112 @@
+"""The control trainer's config: one dataclass, every field with a help string.
+
+Defaults are the tuned CartPole-class settings (8 envs × 32 steps per update, 20 epochs
+on one minibatch, Adam 1e-3 annealed, γ 0.98, GAE λ 0.8), which also suit other small
+classic-control tasks; harder tasks override fields (the LunarLander benchmark records
+its overrides with its command).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from emrl.config import cfg_field
+from emrl.errors import ConfigError
+
+ALGOS = ("ppo", "vmpo")
+
+
+@dataclass
+class ControlConfig:
+    # what to train
+    algo: str = cfg_field("ppo", "algorithm: ppo or vmpo", choices=list(ALGOS))
+    env: str = cfg_field("CartPole-v1", "Gymnasium environment id (ALE/..., popgym-..., bsuite/memory_len/N need extras)")
+    core: str = cfg_field("mlp", "memory core: mlp, lstm, trxl, trxl-i, gtrxl")
+    hidden_sizes: list[int] = cfg_field([64, 64], "MLP core hidden sizes (also the value MLP of mlp agents)")
+    activation: str = cfg_field("tanh", "MLP activation: tanh, relu, elu, gelu")
+    lstm_hidden_size: int = cfg_field(128, "LSTM core hidden size")
+    core_kwargs: dict = cfg_field({}, "extra keyword arguments for the core (e.g. trxl sizes)")
+    separate_value: bool = cfg_field(True, "mlp core only: the value function has its own MLP")
+    gaussian_state_dependent_std: bool = cfg_field(False, "Box actions: std from the network (softplus) instead of a learned vector")
+    init_std: float = cfg_field(1.0, "Box actions: initial policy standard deviation")
+    total_steps: int = cfg_field(100_000, "environment steps to train for (summed over envs)")
+    seed: int = cfg_field(0, "random seed (torch, numpy, environments)")
+    # collection
+    num_envs: int = cfg_field(8, "parallel environments")
+    vectorization: str = cfg_field("sync", "vector env: sync (one process) or async (one process per env)", choices=["sync", "async"])
+    unroll_length: int = cfg_field(32, "steps per env per update (the training segment length T)")
+    normalize_obs: bool = cfg_field(False, "normalise observations with running mean/std")
+    reward_scale: float = cfg_field(1.0, "multiply training rewards by this (episode statistics stay raw)")
+    # optimisation (shared)
+    lr: float = cfg_field(1e-3, "Adam learning rate")
+    anneal_lr: bool = cfg_field(True, "anneal the learning rate linearly to 0")
+    epochs: int = cfg_field(20, "passes over each batch")
+    num_minibatches: int = cfg_field(1, "minibatches per epoch (over samples; over envs for memory cores)")
+    max_grad_norm: float = cfg_field(0.5, "gradient clipping by global norm")
+    gamma: float = cfg_field(0.98, "discount")
+    gae_lambda: float = cfg_field(0.8, "GAE λ")
+    vf_coef: float = cfg_field(0.5, "value loss coefficient")
+    adam_eps: float = cfg_field(1e-5, "Adam epsilon")
+    # PPO
+    clip_coef: float = cfg_field(0.2, "PPO: ratio clip ε")
+    anneal_clip: bool = cfg_field(True, "PPO: anneal the clip ε linearly to 0 (as rl-zoo)")
+    clip_vloss: bool = cfg_field(False, "PPO: clip the value update around the old value (with clip ε)")
+    ent_coef: float = cfg_field(0.0, "PPO: entropy bonus coefficient")
+    norm_adv: bool = cfg_field(True, "PPO: normalise advantages per minibatch")
+    target_kl: float | None = cfg_field(None, "PPO: stop the epochs early when approx KL exceeds this")
+    # V-MPO
+    vmpo_targets: str = cfg_field("gae", "V-MPO advantage/value targets: nstep or gae", choices=["nstep", "gae"])
+    nstep: int = cfg_field(8, "V-MPO: n of the n-step bootstrapped targets")
+    topk_fraction: float = cfg_field(0.5, "V-MPO E-step: fraction of samples kept (highest advantages)")
+    eps_eta: float = cfg_field(0.1, "V-MPO E-step: KL bound ε_η of the temperature dual")
+    eta_init: float = cfg_field(1.0, "V-MPO: initial temperature η")
+    eps_alpha: float = cfg_field(0.01, "V-MPO M-step: KL bound ε_α (categorical policies)")
+    eps_alpha_mu: float = cfg_field(0.01, "V-MPO M-step: mean KL bound ε_αμ (Gaussian policies)")
+    eps_alpha_sigma: float = cfg_field(1e-4, "V-MPO M-step: covariance KL bound ε_αΣ (Gaussian policies)")
+    alpha_init: float = cfg_field(1.0, "V-MPO: initial Lagrange multiplier(s) α")
+    dual_lr: float | None = cfg_field(None, "V-MPO: learning rate of η and α (None: same as lr, not annealed)")
+    vmpo_norm_adv: bool = cfg_field(False, "V-MPO: normalise advantages before the E-step")
+    # evaluation, logging, checkpoints
+    eval_every: int = cfg_field(10_000, "evaluate every this many env steps (0: only at the end)")
+    eval_episodes: int = cfg_field(10, "episodes per evaluation")
+    eval_deterministic: bool = cfg_field(True, "evaluate with the mode of the policy")
+    checkpoint_every: int = cfg_field(50_000, "save a checkpoint every this many env steps (0: only at the end)")
+    keep_checkpoints: int = cfg_field(2, "checkpoints kept on disk")
+    log_every: int = cfg_field(1, "log metrics every this many updates")
+    tensorboard: bool = cfg_field(False, "also write TensorBoard scalars to DIR/tensorboard")
+    num_threads: int = cfg_field(1, "torch threads (1 is fastest for small agents on a shared CPU; see benchmarks/results/control_threads.md)")
+    device: str = cfg_field("cpu", "torch device")
+
+    def validate(self) -> None:
+        if self.algo not in ALGOS:
+            raise ConfigError(f"algo must be one of {list(ALGOS)}, got {self.algo!r}")
+        for name in ("total_steps", "num_envs", "unroll_length", "epochs", "num_minibatches",
+                     "nstep", "eval_episodes", "num_threads", "keep_checkpoints", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.topk_fraction <= 1.0:
+            raise ConfigError(f"topk_fraction must be in (0, 1], got {self.topk_fraction}")
+        for name in ("gamma", "gae_lambda"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("lr", "eps_eta", "eps_alpha", "eps_alpha_mu", "eps_alpha_sigma", "eta_init", "alpha_init"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        batch = self.num_envs * self.unroll_length
+        if self.core == "mlp":
+            if batch % self.num_minibatches:
+                raise ConfigError(
+                    f"num_envs*unroll_length = {batch} must be divisible by num_minibatches = {self.num_minibatches}"
+                )
+        elif self.num_envs % self.num_minibatches:
+            raise ConfigError(
+                f"memory cores split minibatches over envs: num_envs = {self.num_envs} must be "
+                f"divisible by num_minibatches = {self.num_minibatches}"
+            )
+
+    def core_kwargs_for(self) -> dict:
+        if self.core == "mlp":
+            return {"hidden_sizes": list(self.hidden_sizes), "activation": self.activation, **self.core_kwargs}
+        if self.core == "lstm":
+            return {"hidden_size": self.lstm_hidden_size, **self.core_kwargs}
+        return dict(self.core_kwargs)

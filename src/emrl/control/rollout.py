@@ -1,0 +1,170 @@
+"""Rollout collection: the actor steps the vector env and fills a :class:`Batch`.
+
+Storage is time-major ``[T, N, ...]`` (T = unroll length, N = envs). For each training
+segment the batch keeps the core state at its first step (``state0``), so the update
+recomputes the segment in one ``agent(obs, state0, reset)`` call and sees what the actor
+saw (see :mod:`emrl.nn.core`).
+
+Flags per step ``t`` (conventions of :mod:`emrl.objectives.returns`):
+``reset[t]``: step t starts an episode; ``terminated[t]`` / ``dones[t]``: the episode
+ends after step t (dones also for truncation); ``next_values[t] = V(s_{t+1})`` where
+``s_{t+1}`` is the final pre-reset observation after a truncation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from emrl.control.agent import Agent
+from emrl.control.envs import RunningMeanStd, check_finite
+from emrl.nn.core import State, index_state
+
+
+@dataclass
+class Batch:
+    obs: torch.Tensor           # [T, N, *obs_shape]
+    actions: torch.Tensor       # [T, N] (discrete) or [T, N, D]
+    logp: torch.Tensor          # [T, N] log π_old(a|s)
+    params: torch.Tensor        # [T, N, P] π_old's distribution parameters
+    values: torch.Tensor        # [T, N] V_old(s_t)
+    next_values: torch.Tensor   # [T, N] V_old(s_{t+1})
+    rewards: torch.Tensor       # [T, N]
+    terminated: torch.Tensor    # [T, N] bool
+    dones: torch.Tensor         # [T, N] bool
+    reset: torch.Tensor         # [T, N] bool
+    state0: State               # core state before step 0, tensors [N, ...]
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # algorithm targets [T, N]
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.rewards.numel())
+
+
+class EpisodeStats:
+    """Undiscounted returns and lengths of finished training episodes (raw rewards)."""
+
+    def __init__(self, num_envs: int) -> None:
+        self.ret = np.zeros(num_envs)
+        self.len = np.zeros(num_envs, np.int64)
+        self.returns: list[float] = []
+        self.lengths: list[int] = []
+
+    def step(self, rewards: np.ndarray, dones: np.ndarray) -> None:
+        self.ret += rewards
+        self.len += 1
+        for i in np.nonzero(dones)[0]:
+            self.returns.append(float(self.ret[i]))
+            self.lengths.append(int(self.len[i]))
+            self.ret[i] = 0.0
+            self.len[i] = 0
+
+    def pop(self) -> tuple[list[float], list[int]]:
+        r, n = self.returns, self.lengths
+        self.returns, self.lengths = [], []
+        return r, n
+
+
+class Actor:
+    """Carries env observations, core state and reset flags between rollouts."""
+
+    def __init__(
+        self, envs: gym.vector.VectorEnv, agent: Agent, env_id: str, *, seed: int,
+        obs_rms: RunningMeanStd | None, device: torch.device, reward_scale: float = 1.0,
+    ) -> None:
+        self.reward_scale = float(reward_scale)
+        self.envs = envs
+        self.agent = agent
+        self.env_id = env_id
+        self.device = device
+        self.obs_rms = obs_rms
+        self.n = envs.num_envs
+        self.discrete = isinstance(envs.single_action_space, gym.spaces.Discrete)
+        if not self.discrete:
+            self.low = envs.single_action_space.low
+            self.high = envs.single_action_space.high
+        raw, _ = envs.reset(seed=seed)
+        self.env_steps = 0
+        self.obs = self._prep(raw, update=True)
+        self.state = agent.initial_state(self.n, device)
+        self.reset = torch.ones(self.n, dtype=torch.bool, device=device)
+        self.stats = EpisodeStats(self.n)
+
+    def _prep(self, raw: np.ndarray, update: bool) -> torch.Tensor:
+        check_finite(self.env_id, self.env_steps, np.asarray(raw), 0.0)
+        if self.obs_rms is not None:
+            if update:
+                self.obs_rms.update(raw)
+            raw = self.obs_rms.normalize(raw)
+        t = torch.from_numpy(np.asarray(raw))
+        if t.dtype == torch.float64:
+            t = t.float()
+        return t.to(self.device)
+
+    @torch.no_grad()
+    def collect(self, T: int) -> Batch:
+        agent, n, dev = self.agent, self.n, self.device
+        obs_l: list[torch.Tensor] = []
+        act_l: list[torch.Tensor] = []
+        logp_l: list[torch.Tensor] = []
+        val_l: list[torch.Tensor] = []
+        params_l: list[torch.Tensor] = []
+        reset_l: list[torch.Tensor] = []
+        rewards = np.empty((T, n), np.float32)
+        terminated = np.empty((T, n), bool)
+        dones = np.empty((T, n), bool)
+        truncated_only = np.zeros((T, n), bool)
+        trunc_values = torch.zeros(T, n, device=dev)
+        state0 = self.state
+        head = agent.policy_head
+        for t in range(T):
+            obs_l.append(self.obs)
+            reset_l.append(self.reset)
+            params, value, self.state = agent(self.obs.unsqueeze(0), self.state, self.reset.unsqueeze(0))
+            params, value = params[0], value[0]
+            action = head.sample(params)
+            logp_l.append(head.log_prob(params, action))
+            val_l.append(value)
+            params_l.append(params)
+            act_l.append(action)
+            a_np = action.numpy() if dev.type == "cpu" else action.cpu().numpy()
+            if not self.discrete:
+                a_np = np.clip(a_np, self.low, self.high)
+            raw, r, term, trunc, info = self.envs.step(a_np)
+            self.env_steps += n
+            check_finite(self.env_id, self.env_steps, np.asarray(raw), r)
+            done = np.logical_or(term, trunc)
+            self.stats.step(np.asarray(r, np.float64), done)
+            rewards[t] = r
+            terminated[t] = term
+            dones[t] = done
+            tr = np.logical_and(trunc, np.logical_not(term))
+            if tr.any():
+                idx = np.nonzero(tr)[0]
+                final = np.stack([info["final_obs"][i] for i in idx])
+                check_finite(self.env_id, self.env_steps, final, 0.0)
+                fo = self._prep(final, update=False).unsqueeze(0)
+                it = torch.as_tensor(idx, device=dev)
+                _, v_final, _ = agent(fo, index_state(self.state, it),
+                                      torch.zeros(1, len(idx), dtype=torch.bool, device=dev))
+                trunc_values[t, it] = v_final[0]
+                truncated_only[t, idx] = True
+            self.obs = self._prep(raw, update=True)
+            self.reset = torch.from_numpy(done.copy()).to(dev)
+        _, v_last, _ = agent(self.obs.unsqueeze(0), self.state, self.reset.unsqueeze(0))
+        values = torch.stack(val_l)
+        v_next = torch.cat([values[1:], v_last], 0)
+        tr_only = torch.from_numpy(truncated_only).to(dev)
+        next_values = torch.where(tr_only, trunc_values, v_next)
+        rew = torch.from_numpy(rewards).to(dev)
+        if self.reward_scale != 1.0:
+            rew = rew * self.reward_scale
+        return Batch(
+            obs=torch.stack(obs_l), actions=torch.stack(act_l), logp=torch.stack(logp_l),
+            params=torch.stack(params_l), values=values, next_values=next_values, rewards=rew,
+            terminated=torch.from_numpy(terminated).to(dev), dones=torch.from_numpy(dones).to(dev),
+            reset=torch.stack(reset_l), state0=state0,
+        )

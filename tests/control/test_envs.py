@@ -1,0 +1,99 @@
+"""Environments: vectorisation, spaces, normalisation, Atari / popgym / bsuite adapters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from emrl.control.agent import Agent
+from emrl.control.envs import RunningMeanStd, make_env, make_vec_env
+from emrl.errors import EmrlError
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_vector_env_same_step_autoreset(mode):
+    envs = make_vec_env("CartPole-v1", 2, vectorization=mode)
+    try:
+        obs, _ = envs.reset(seed=0)
+        assert obs.shape == (2, 4)
+        ended = False
+        for _ in range(200):
+            obs, r, term, trunc, info = envs.step(np.array([0, 0]))
+            if (term | trunc).any():
+                i = int(np.nonzero(term | trunc)[0][0])
+                # SAME_STEP: the returned obs starts the next episode, the final one is in info
+                assert not np.allclose(info["final_obs"][i], obs[i])
+                assert np.abs(obs[i]).max() <= 0.05  # CartPole resets into [-0.05, 0.05]
+                ended = True
+                break
+        assert ended
+    finally:
+        envs.close()
+
+
+def test_unknown_vectorization():
+    with pytest.raises(EmrlError, match="unknown vectorization 'threads'"):
+        make_vec_env("CartPole-v1", 2, vectorization="threads")
+
+
+def test_running_mean_std_matches_numpy():
+    rng = np.random.default_rng(0)
+    data = rng.normal(3.0, 2.0, size=(1000, 3))
+    rms = RunningMeanStd((3,))
+    for chunk in np.split(data, 10):
+        rms.update(chunk)
+    np.testing.assert_allclose(rms.mean, data.mean(0), rtol=1e-3)
+    np.testing.assert_allclose(rms.var, data.var(0), rtol=1e-3)
+    z = rms.normalize(data)
+    assert abs(z.mean()) < 0.05 and abs(z.std() - 1.0) < 0.05
+    rms2 = RunningMeanStd((3,))
+    rms2.load_state_dict(rms.state_dict())
+    np.testing.assert_array_equal(rms2.normalize(data), z)
+
+
+def test_box_actions_get_a_gaussian_head():
+    env = make_env("Pendulum-v1")
+    agent = Agent(env.observation_space, env.action_space)
+    params, value, _ = agent(torch.zeros(1, 3, 3), (), torch.zeros(1, 3, dtype=torch.bool))
+    assert params.shape == (1, 3, 2) and value.shape == (1, 3)
+    assert not agent.discrete
+
+
+def test_atari_preprocessing_and_conv_agent():
+    pytest.importorskip("ale_py")
+    pytest.importorskip("cv2")
+    env = make_env("ALE/Pong-v5")
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (4, 84, 84) and obs.dtype == np.uint8
+    spec = env.unwrapped.spec
+    assert env.unwrapped._frameskip == 1 and spec.kwargs["repeat_action_probability"] == 0.25
+    agent = Agent(env.observation_space, env.action_space)
+    x = torch.as_tensor(obs)[None, None]
+    params, _, _ = agent(x, (), torch.ones(1, 1, dtype=torch.bool))
+    assert params.shape == (1, 1, env.action_space.n)
+    env.close()
+
+
+def test_popgym_adapter():
+    pytest.importorskip("popgym")
+    env = make_env("popgym-CountRecallEasy-v0")
+    obs, _ = env.reset(seed=0)
+    # MultiDiscrete([2, 2]) observations become a concatenated one-hot vector of size 4
+    assert obs.shape == (4,) and obs.sum() == 2.0
+
+
+def test_bsuite_memory_len_adapter():
+    pytest.importorskip("bsuite")
+    env = make_env("bsuite/memory_len/length=3")
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (3,)
+    steps, done, r = 0, False, 0.0
+    while not done:
+        obs, r, term, trunc, _ = env.step(0)
+        steps += 1
+        done = term or trunc
+    assert steps == 4 and r in (-1.0, 1.0)  # length + 1 steps, reward ±1 at the end
+    assert make_env("bsuite/memory_len/9").unwrapped.memory_length == 10
+    with pytest.raises(EmrlError, match="bad bsuite id"):
+        make_env("bsuite/memory_len/length=x")

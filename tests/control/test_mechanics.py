@@ -1,0 +1,158 @@
+"""Mechanics of the agents: targets, E-step top-k, α response, Gaussian KL split,
+and the actor's outputs equal the update's recomputation for the LSTM core."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from emrl.control.algos import VMPO, build_algorithm
+from emrl.control.config import ControlConfig
+from emrl.control.envs import make_vec_env
+from emrl.control.rollout import Actor
+from emrl.control.train import Minibatch, build_agent, minibatches
+from emrl.nn.heads import GaussianHead
+from emrl.objectives.returns import gae, nstep_targets
+from emrl.seeding import seed_everything
+
+
+def _setup(env_id="CartPole-v1", T=32, N=4, **kw):
+    seed_everything(0)
+    cfg = ControlConfig(env=env_id, num_envs=N, unroll_length=T, **kw)
+    envs = make_vec_env(env_id, N)
+    agent = build_agent(cfg, envs.single_observation_space, envs.single_action_space)
+    actor = Actor(envs, agent, env_id, seed=0, obs_rms=None, device=torch.device("cpu"))
+    batch = actor.collect(T)
+    envs.close()
+    return cfg, agent, batch
+
+
+def _full_mb(batch) -> Minibatch:
+    return Minibatch(obs=batch.obs, actions=batch.actions, logp=batch.logp, params=batch.params,
+                     values=batch.values, reset=batch.reset, state0=batch.state0,
+                     extra=dict(batch.extra))
+
+
+def test_lstm_actor_outputs_equal_update_recomputation():
+    cfg, agent, batch = _setup(core="lstm", lstm_hidden_size=16, T=40, N=3)
+    assert batch.reset[1:].any(), "CartPole episodes under a random policy end within 40 steps"
+    params, values, _ = agent(batch.obs, batch.state0, batch.reset)
+    torch.testing.assert_close(params, batch.params, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(values, batch.values, atol=1e-5, rtol=1e-5)
+    # minibatches over envs carry the stored state of those envs
+    gen = torch.Generator().manual_seed(0)
+    for mb in minibatches(batch, 3, stateful=True, gen=gen):
+        p, _, _ = agent(mb.obs, mb.state0, mb.reset)
+        torch.testing.assert_close(p, mb.params, atol=1e-5, rtol=1e-5)
+
+
+def test_rollout_flags_follow_the_objectives_conventions():
+    _, _, batch = _setup(T=64, N=2)
+    assert batch.reset[0].all()
+    torch.testing.assert_close(batch.reset[1:], batch.dones[:-1])
+    # no truncation within 64 CartPole steps: next values are the following values
+    not_done = ~batch.dones[:-1]
+    torch.testing.assert_close(batch.next_values[:-1][not_done], batch.values[1:][not_done])
+
+
+@pytest.mark.parametrize("targets", ["nstep", "gae"])
+def test_vmpo_uses_the_configured_targets(targets):
+    cfg, agent, batch = _setup(algo="vmpo", vmpo_targets=targets, nstep=5, gae_lambda=0.9)
+    algo = build_algorithm(cfg, agent)
+    algo.prepare(batch)
+    args = (batch.rewards, batch.values, batch.next_values, batch.terminated, batch.dones, cfg.gamma)
+    nstep = nstep_targets(*args, 5)
+    adv_gae, ret_gae = gae(*args, 0.9)
+    if targets == "nstep":
+        torch.testing.assert_close(batch.extra["returns"], nstep)
+        torch.testing.assert_close(batch.extra["adv"], nstep - batch.values)
+        assert not torch.allclose(nstep, ret_gae)
+    else:
+        torch.testing.assert_close(batch.extra["returns"], ret_gae)
+        torch.testing.assert_close(batch.extra["adv"], adv_gae)
+
+
+def test_vmpo_estep_keeps_the_top_half_and_only_they_move_the_policy():
+    cfg, agent, batch = _setup(algo="vmpo")
+    algo = build_algorithm(cfg, agent)
+    algo.prepare(batch)
+    mb = _full_mb(batch)
+    params = batch.params.clone().requires_grad_(True)  # = π_old: KL gradient is 0 here
+    values = batch.values.clone().requires_grad_(True)
+    loss, m = algo.loss(params, values, mb, progress=1.0)
+    assert m["estep/selected_fraction"] == 0.5
+    loss.backward()
+    moved = params.grad.abs().sum(-1) > 1e-6  # [T, N]; KL grad at π_old is ~0
+    adv = batch.extra["adv"]
+    assert int(moved.sum()) == adv.numel() // 2
+    assert adv[moved].min() >= adv[~moved].max()
+
+
+def _alpha_after_step(algo, params, mb) -> tuple[float, float]:
+    opt = torch.optim.SGD(algo.dual_parameters(), lr=0.5)
+    loss, m = algo.loss(params, mb.values.clone(), mb, progress=1.0)
+    a0 = float(m["mstep/alpha"])
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    _, m2 = algo.loss(params.detach(), mb.values.clone(), mb, progress=1.0)
+    return a0, float(m2["mstep/alpha"])
+
+
+def test_alpha_rises_when_kl_exceeds_bound_and_falls_below():
+    cfg, agent, batch = _setup(algo="vmpo", eps_alpha=0.01)
+    algo = build_algorithm(cfg, agent)
+    algo.prepare(batch)
+    mb = _full_mb(batch)
+    far = batch.params + torch.randn_like(batch.params) * 3.0  # KL >> 0.01
+    a0, a1 = _alpha_after_step(algo, far.requires_grad_(True), mb)
+    assert a1 > a0
+    algo2 = build_algorithm(cfg, agent)
+    b0, b1 = _alpha_after_step(algo2, batch.params.clone().requires_grad_(True), mb)  # KL = 0
+    assert b1 < b0
+
+
+def test_gaussian_vmpo_uses_decoupled_mean_and_covariance_kl():
+    cfg, agent, batch = _setup(env_id="Pendulum-v1", algo="vmpo", T=16, N=2)
+    algo = build_algorithm(cfg, agent)
+    assert isinstance(algo, VMPO) and algo.gaussian
+    assert {"xi_alpha_mu", "xi_alpha_sigma"} <= {n for n, _ in algo.named_parameters()}
+    algo.prepare(batch)
+    mb = _full_mb(batch)
+    mu, std = GaussianHead.split(batch.params)
+    full = torch.distributions.kl_divergence
+    # only the mean moves: all KL is in the mean part
+    p_mu = torch.cat([mu + 0.3, std], -1)
+    _, m = algo.loss(p_mu, batch.values, mb, progress=1.0)
+    expect = full(torch.distributions.Normal(mu, std), torch.distributions.Normal(mu + 0.3, std)).sum(-1).mean()
+    assert float(m["mstep/kl_sigma"]) == pytest.approx(0.0, abs=1e-7)
+    assert float(m["mstep/kl_mu"]) == pytest.approx(float(expect), rel=1e-4)
+    # only the std moves: all KL is in the covariance part
+    p_sig = torch.cat([mu, std * 1.5], -1)
+    _, m = algo.loss(p_sig, batch.values, mb, progress=1.0)
+    expect = full(torch.distributions.Normal(mu, std), torch.distributions.Normal(mu, std * 1.5)).sum(-1).mean()
+    assert float(m["mstep/kl_mu"]) == pytest.approx(0.0, abs=1e-7)
+    assert float(m["mstep/kl_sigma"]) == pytest.approx(float(expect), rel=1e-4)
+    # separate multipliers: only α_Σ's bound is exceeded -> only α_Σ rises
+    opt = torch.optim.SGD(algo.dual_parameters(), lr=0.5)
+    loss, m0 = algo.loss(p_sig, batch.values, mb, progress=1.0)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    _, m1 = algo.loss(p_sig, batch.values, mb, progress=1.0)
+    assert float(m1["mstep/alpha_sigma"]) > float(m0["mstep/alpha_sigma"])
+    assert float(m1["mstep/alpha_mu"]) < float(m0["mstep/alpha_mu"])
+
+
+@pytest.mark.parametrize("algo", ["ppo", "vmpo"])
+def test_lstm_agent_trains_with_env_minibatches(tmp_path, algo):
+    from emrl.control.train import train
+    from emrl.metrics import read_metrics
+
+    cfg = ControlConfig(algo=algo, core="lstm", lstm_hidden_size=16, num_envs=4, num_minibatches=2,
+                        unroll_length=16, epochs=2, total_steps=256, eval_episodes=1,
+                        checkpoint_every=0)
+    final = train(cfg, tmp_path / "run")
+    assert final["samples"] == 256
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss/value" in r]
+    assert len(rows) == 4 and all(r["grad_norm"] > 0 for r in rows)
