@@ -1,0 +1,78 @@
+"""`emrl lm sft` and `emrl lm train` (DESIGN.md "Contracts").
+
+::
+
+    emrl lm sft   --model tiny|PATH [--task SPEC] --output-dir DIR [--max-steps N] [--target delta|...]
+    emrl lm train --algo vmpo|awr|dar|ppo --model PATH [--task SPEC] --output-dir DIR [--max-steps N]
+
+Both take ``--config FILE.yaml``, ``--seed``, one ``--field-name`` option per config field
+(:class:`~emrl.lm.train_config.SFTConfig` / :class:`~emrl.lm.train_config.RLConfig`),
+``--resume`` (continue the run in DIR from its latest checkpoint, with the settings
+saved in ``DIR/config.yaml`` unless overridden) and ``--overwrite`` (replace DIR).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from emrl.config import add_config_args, build_config
+from emrl.errors import EmrlError
+from emrl.lm.train_config import RLConfig, SFTConfig
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output-dir", required=True, metavar="DIR", help="run directory to write")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in DIR from its latest checkpoint")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing run in DIR")
+
+
+def _resolve(cls: type, args: argparse.Namespace):
+    if args.resume and getattr(args, "config", None) is None:
+        saved = Path(args.output_dir) / "config.yaml"
+        if not saved.is_file():
+            raise EmrlError(f"--resume: {args.output_dir} has no config.yaml (is it an emrl run directory?)")
+        args.config = str(saved)
+    return build_config(cls, args)
+
+
+def _run(cls: type, args: argparse.Namespace) -> int:
+    from emrl.lm.trainer import LMTrainer
+
+    cfg = _resolve(cls, args)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight loading/saving bars are noise in a training log
+    trainer = LMTrainer(cfg, args.output_dir, resume=args.resume, overwrite=args.overwrite)
+    last = trainer.train()
+    if trainer.accelerator.is_main_process:
+        out = Path(args.output_dir)
+        print(f"final model: {out / 'final'}")
+        for key in ("eval/accuracy", "eval/sampled_accuracy", "reward/mean"):
+            if last.get(key) is not None:
+                print(f"{key.split('/')[-1]}: {last[key]:.4f}")
+    return 0
+
+
+def register_sft(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``sft``: supervised fine-tuning as an EM M-step (spec §6)."""
+    desc = ("Supervised fine-tuning as an EM M-step: the E-step target is a delta on the "
+            "demonstrations, label smoothing, n-best samples or a teacher's distribution (spec §6).")
+    p = subparsers.add_parser("sft", help="supervised fine-tuning (delta / label smoothing / n-best / distill)",
+                              description=desc)
+    _add_run_args(p)
+    add_config_args(p, SFTConfig)
+    p.set_defaults(func=lambda args: _run(SFTConfig, args))
+
+
+def register_train(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``train``: RL fine-tuning with vmpo | awr | dar | ppo in one EM loop."""
+    desc = ("RL fine-tuning in one EM loop: sample k completions per prompt, score them, build "
+            "E-step weights (V-MPO, AWR, DAR) and fit them by weighted MLE under a KL trust region, "
+            "or take PPO's clipped-ratio steps (spec §4-§7).")
+    p = subparsers.add_parser("train", help="RL fine-tuning: --algo vmpo|awr|dar|ppo", description=desc)
+    _add_run_args(p)
+    add_config_args(p, RLConfig)
+    p.set_defaults(func=lambda args: _run(RLConfig, args))

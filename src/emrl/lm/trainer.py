@@ -1,0 +1,731 @@
+"""The one LM training loop: SFT, V-MPO, AWR, DAR and PPO as plug-ins (DESIGN.md).
+
+One update (CleanRL-style, visible in :meth:`LMTrainer.train`)::
+
+    batch   = algo.collect(trainer, step)    # demonstrations, or k samples per prompt from
+                                             # π_old in eval mode + rewards + π_old/π_ref log-probs
+    metrics = algo.estep(trainer, batch)     # E-step target: weights / advantages over the
+                                             # GLOBAL batch (all processes)
+    for epoch in range(epochs):              # M-step: weighted MLE (EM algorithms) or the PPO
+        for mb in minibatches(batch):        # ratio loss, + α trust region on KL(π_old‖π_θ)
+            loss = algo.loss(trainer, mb, forward(mb)) (+ trust region)
+            skip if non-finite; else backward, clip, step
+
+Built on accelerate (CPU, one GPU or many processes). Dropout (spec §9): rollouts and
+π_old/π_ref forwards run in eval mode; the M-step runs with dropout on or off
+(``mstep_dropout``) for every algorithm, PPO included; ``ppo/ratio_std`` is measured at
+the first minibatch of every update, before any parameter change, so what dropout alone
+does to PPO's ratio is visible in ``metrics.jsonl``.
+
+Run directory (DESIGN.md "Contracts"): ``config.yaml``, ``metrics.jsonl`` (shared metric
+names), atomic ``checkpoint-<step>/`` (model, optimiser, scheduler, duals, RNG, data
+order, counters; :mod:`emrl.checkpoint`), ``final/`` (``save_pretrained`` + tokenizer +
+task info; loadable by plain transformers) and ``eval.json``. ``resume=True`` continues
+from the latest checkpoint; on a CPU with fixed seeds the resumed run reproduces the
+uninterrupted run's metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from emrl import objectives as O
+from emrl.checkpoint import atomic_dir, load_checkpoint, prune_checkpoints, save_checkpoint
+from emrl.config import to_dict
+from emrl.errors import CheckpointError, ConfigError, EmrlError
+from emrl.lm.algorithms import Algorithm, Batch, make_algorithm
+from emrl.lm.train_config import CommonTrainConfig, RLConfig, SFTConfig
+from emrl.metrics import MetricsWriter
+from emrl.progress import progress
+from emrl.rundir import RunDir
+from emrl.seeding import get_rng_state, seed_everything, set_rng_state
+from emrl.threads import configure_threads
+
+#: config fields that may change between a run and its ``--resume`` (they do not change
+#: what is computed, only how long / how often things are logged or saved).
+RESUMABLE_CHANGES = ("max_steps", "save_every", "keep_checkpoints", "log_every", "num_threads",
+                     "tensorboard", "eval_every")
+
+
+@dataclass
+class ForwardOut:
+    """One teacher-forced pass of the policy over a batch.
+
+    ``logp[n, S]``: ``log π(token j | tokens < j)`` at completion positions, 0 elsewhere.
+    ``logits[n, S-1, V]``: the logits predicting tokens ``1..S-1`` (aligned with
+    ``logp[:, 1:]``), when asked for. ``values[n, S]``: value-head output for the state
+    before token ``j`` (aligned like ``logp``), when the algorithm has a value head.
+    """
+
+    logp: Tensor
+    logits: Tensor | None = None
+    values: Tensor | None = None
+
+
+class ValueHead(nn.Module):
+    """A linear value head V(s) on the policy's last hidden state (zero-initialised)."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: Tensor) -> Tensor:  # [n, S, H] -> [n, S]
+        return self.linear(hidden).squeeze(-1)
+
+
+class PolicyModule(nn.Module):
+    """The causal LM plus an optional value head, as one module (so DDP syncs both)."""
+
+    def __init__(self, lm: nn.Module, value_head: nn.Module | None = None) -> None:
+        super().__init__()
+        self.lm = lm
+        self.value_head = value_head
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, need_values: bool = False):
+        out = _lm_call(self.lm, input_ids, attention_mask, hidden=need_values)
+        values = None
+        if need_values and self.value_head is not None:
+            values = self.value_head(out.hidden_states[-1])
+        return out.logits, values
+
+
+def _lm_call(lm: nn.Module, input_ids: Tensor, attention_mask: Tensor, hidden: bool = False):
+    from emrl.lm.forward import position_ids_from_mask
+
+    # positions count real tokens only, as in generation with left padding
+    return lm(input_ids=input_ids, attention_mask=attention_mask,
+              position_ids=position_ids_from_mask(attention_mask),
+              output_hidden_states=hidden, use_cache=False)
+
+
+def _shifted_logp(logits: Tensor, input_ids: Tensor, completion_mask: Tensor) -> Tensor:
+    """``logp[n, S]`` from full logits ``[n, S, V]`` (0 off-completion)."""
+    lp = O.token_logprobs(logits[:, :-1], input_ids[:, 1:])
+    lp = torch.where(completion_mask[:, 1:], lp, torch.zeros_like(lp))
+    return torch.cat([torch.zeros_like(lp[:, :1]), lp], dim=1)
+
+
+def _first_index(mask: Tensor) -> Tensor:
+    """Index of the first True position of each row of ``mask[n, S]``."""
+    S = mask.shape[1]
+    pos = torch.arange(S, device=mask.device).expand_as(mask)
+    return torch.where(mask, pos, torch.full_like(pos, S)).min(1).values.clamp(max=S - 1)
+
+
+def _lr_lambda(cfg: CommonTrainConfig) -> Callable[[int], float]:
+    total, warm, floor = max(1, cfg.max_steps), cfg.warmup_steps, cfg.min_lr_ratio
+
+    def f(step: int) -> float:
+        if warm > 0 and step < warm:
+            return (step + 1) / warm
+        if cfg.lr_scheduler == "constant":
+            return 1.0
+        frac = min(1.0, (step - warm) / max(1, total - warm))
+        if cfg.lr_scheduler == "linear":
+            return 1.0 - (1.0 - floor) * frac
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+    return f
+
+
+def _finite_params(module: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in module.parameters())
+
+
+class LMTrainer:
+    """Train a causal LM with one of the plug-ins; see the module docstring.
+
+    Args:
+        cfg: :class:`SFTConfig` (``algo`` is then ``"sft"``) or :class:`RLConfig`.
+        output_dir: the run directory (``None``: no files at all, for tests/benchmarks).
+        resume / overwrite: continue the run in ``output_dir`` from its latest checkpoint /
+            replace it.
+        algorithm: a plug-in instance to use instead of the one named by the config.
+        reward_funcs: reward callables or specs replacing ``cfg.reward_fns`` (TRL
+            signature ``fn(prompts, completions, **columns) -> list[float]``).
+        accelerator: an ``accelerate.Accelerator`` (one is created if ``None``).
+        model / tokenizer / task: already-built objects to use instead of loading them.
+    """
+
+    def __init__(
+        self,
+        cfg: SFTConfig | RLConfig,
+        output_dir: str | Path | None = None,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        algorithm: Algorithm | None = None,
+        reward_funcs: Sequence[Any] | None = None,
+        accelerator: Any = None,
+        model: Any = None,
+        tokenizer: Any = None,
+        task: Any = None,
+    ) -> None:
+        from accelerate import Accelerator
+
+        cfg.validate()
+        self.cfg = cfg
+        self.algo_name = cfg.algo if isinstance(cfg, RLConfig) else "sft"
+        configure_threads(cfg.num_threads)
+        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        acc = self.accelerator
+        self.rank, self.world = acc.process_index, acc.num_processes
+        self.device = acc.device
+        if cfg.batch_size % self.world:
+            raise ConfigError(f"batch_size ({cfg.batch_size}) must be divisible by the number of "
+                              f"processes ({self.world})")
+        self.rundir: RunDir | None = None
+        if output_dir is not None:
+            if acc.is_main_process:
+                self.rundir = RunDir(output_dir, resume=resume, overwrite=overwrite)
+            acc.wait_for_everyone()
+            if not acc.is_main_process:
+                self.rundir = RunDir.__new__(RunDir)
+                self.rundir.path, self.rundir.resume = Path(output_dir), resume
+        self.resume = resume
+        seed_everything(cfg.seed + self.rank)
+
+        # model, tokenizer, task -------------------------------------------------
+        from emrl.lm.models import load_model_and_tokenizer, set_dropout
+
+        if model is None:
+            model, tokenizer = load_model_and_tokenizer(cfg.model, dropout=cfg.dropout, seed=cfg.seed)
+        elif cfg.dropout is not None:
+            set_dropout(model, cfg.dropout)
+        self.tokenizer = tokenizer
+        self.task = task if task is not None else self._load_task(reward_funcs)
+        if not self.task.train:
+            raise EmrlError(f"task {self.task.name!r} has no training rows")
+        self.lm = model.to(self.device)
+
+        # algorithm plug-in, reference/duals/value head ---------------------------
+        self.algo = algorithm or make_algorithm(self.algo_name, cfg)
+        self._ref: nn.Module | None = None
+        self.algo.setup(self)
+        self.policy = PolicyModule(self.lm, self.algo.value_head())
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.policy.parameters() if p.requires_grad], lr=cfg.learning_rate,
+            betas=(0.9, cfg.adam_beta2), weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg))
+        self.policy, self.optimizer = acc.prepare(self.policy, self.optimizer)
+        a0 = O.inverse_temperature_param(float(cfg.alpha_init), "softplus")
+        self.alpha_param = nn.Parameter(torch.as_tensor(a0, dtype=torch.float32).clone())
+        self.alpha_opt = torch.optim.Adam([self.alpha_param], lr=cfg.alpha_lr)
+
+        # counters and data order --------------------------------------------------
+        self.step = 0
+        self.samples = 0
+        self.elapsed = 0.0
+        self.nonfinite_in_a_row = 0
+        self.data_gen = torch.Generator().manual_seed(cfg.seed)
+        self.perm = torch.randperm(len(self.task.train), generator=self.data_gen)
+        self.cursor = 0
+        self.last_eval: dict[str, Any] | None = None
+        if resume:
+            self._load_latest()
+        self.metrics: MetricsWriter | None = None
+        if self.rundir is not None and acc.is_main_process:
+            if not resume:
+                self.rundir.write_config(cfg)
+            self.metrics = MetricsWriter(
+                self.rundir.metrics_path, tensorboard=cfg.tensorboard, start_time=self.elapsed,
+                truncate_after_step=self.step if resume else None)
+
+    # ------------------------------------------------------------------ building blocks
+    def _load_task(self, reward_funcs: Sequence[Any] | None):
+        from emrl.lm.tasks import load_task, load_task_from_info, load_task_info
+
+        cfg = self.cfg
+        funcs = list(reward_funcs) if reward_funcs else list(getattr(cfg, "reward_fns", []) or [])
+        weights = list(getattr(cfg, "reward_weights", []) or []) or None
+        if funcs and weights is None:
+            weights = [1.0] * len(funcs)
+        if cfg.task is None and cfg.model != "tiny":
+            info = load_task_info(cfg.model)
+            if info is not None:
+                over: dict[str, Any] = {"num_train": cfg.num_train, "template": cfg.template}
+                if funcs:
+                    over.update(reward_funcs=funcs, reward_weights=weights)
+                return load_task_from_info(info, **over)
+        return load_task(cfg.task, seed=cfg.seed, num_train=cfg.num_train, num_eval=cfg.num_eval,
+                         template=cfg.template, reward_funcs=funcs or None, reward_weights=weights)
+
+    @property
+    def unwrapped(self) -> nn.Module:
+        """The bare causal LM (for generation and saving)."""
+        return self.lm
+
+    def load_frozen(self, path: str, *, what: str) -> nn.Module:
+        """A frozen model from ``path`` (teacher), in eval mode."""
+        from emrl.lm.models import load_model_and_tokenizer
+
+        if not path:
+            raise ConfigError(f"no {what} model given")
+        m, _ = load_model_and_tokenizer(path, seed=self.cfg.seed)
+        m = m.to(self.device).eval()
+        for p in m.parameters():
+            p.requires_grad_(False)
+        return m
+
+    def reference(self) -> nn.Module:
+        """The frozen reference policy π_ref: a copy of the policy before any update."""
+        if self._ref is None:
+            self._ref = copy.deepcopy(self.lm).eval()
+            for p in self._ref.parameters():
+                p.requires_grad_(False)
+        return self._ref
+
+    def make_value_head(self) -> nn.Module:
+        hidden = int(self.lm.config.hidden_size)
+        with torch.random.fork_rng(devices=[]):
+            return ValueHead(hidden).to(self.device)
+
+    # data -------------------------------------------------------------------------
+    def next_rows(self, step: int) -> list[dict]:
+        """This process's share of the next global batch of training rows (epoch shuffles)."""
+        B = self.cfg.batch_size
+        idx: list[int] = []
+        while len(idx) < B:
+            if self.cursor >= len(self.perm):
+                self.perm = torch.randperm(len(self.task.train), generator=self.data_gen)
+                self.cursor = 0
+            take = min(B - len(idx), len(self.perm) - self.cursor)
+            idx += self.perm[self.cursor:self.cursor + take].tolist()
+            self.cursor += take
+        per = B // self.world
+        return [self.task.train[i] for i in idx[self.rank * per:(self.rank + 1) * per]]
+
+    def demonstration(self, row: dict) -> str:
+        comp = row.get("completion")
+        if comp is None:
+            if row.get("answer") is None:
+                raise EmrlError(f"task {self.task.name!r} has no 'completion' (or 'answer') column: "
+                                "SFT needs demonstrations")
+            comp = str(row["answer"])
+        return str(comp)
+
+    def encode(self, prompts: Sequence[str], completions: Sequence[str], rows: Sequence[dict]) -> Batch:
+        """Teacher-forcing tensors for ``prompt + completion + EOS`` (left-padded).
+
+        Returns a :class:`Batch` with ``input_ids``, ``attention_mask``, ``completion_mask``
+        (``[n, S]``; True on completion tokens and EOS).
+        """
+        from emrl.lm.forward import encode_prompt_completion
+        from emrl.lm.models import context_length
+
+        enc = encode_prompt_completion(self.tokenizer, list(prompts), list(completions),
+                                       max_length=context_length(self.lm))
+        return Batch({"input_ids": enc["input_ids"].to(self.device),
+                      "attention_mask": enc["attention_mask"].to(self.device),
+                      "completion_mask": enc["completion_mask"].to(self.device)},
+                     {"prompts": list(prompts), "texts": list(completions), "rows": list(rows)})
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str], rows: Sequence[dict]) -> Tensor:
+        """Validated rewards ``[n]`` (the task's verifier or the configured reward functions)."""
+        return torch.as_tensor(self.task.reward(list(prompts), list(completions), list(rows)),
+                               dtype=torch.float32)
+
+    def sample_and_score(self, rows: Sequence[dict], k: int, *, temperature: float = 1.0,
+                         top_p: float = 1.0):
+        """``k`` samples per row's prompt from the current policy in eval mode, and rewards."""
+        from emrl.lm.generation import generate
+
+        lm = self.unwrapped
+        was = lm.training
+        lm.eval()
+        ro = generate(lm, self.tokenizer, [r["prompt"] for r in rows], num_samples=k,
+                      max_new_tokens=self.cfg.max_new_tokens, temperature=temperature, top_p=top_p)
+        lm.train(was)
+        rows_rep = [r for r in rows for _ in range(k)]
+        return ro, self.score(ro.prompts, ro.texts, rows_rep)
+
+    def rollout_batch(self, ro: Any, rewards: Tensor, rows: Sequence[dict], k: int) -> Batch:
+        rows_rep = [r for r in rows for _ in range(k)]
+        t = {"input_ids": ro.input_ids.to(self.device), "attention_mask": ro.attention_mask.to(self.device),
+             "completion_mask": ro.completion_mask.to(self.device).bool(), "rewards": rewards.to(self.device)}
+        return Batch(t, {"prompts": list(ro.prompts), "texts": list(ro.texts), "rows": rows_rep})
+
+    # forward passes -------------------------------------------------------------------
+    def forward(self, batch: Batch, *, train: bool, need_logits: bool = False,
+                need_values: bool = False, grad: bool = True) -> ForwardOut:
+        """Teacher-forced pass of the policy (dropout on iff ``train``); see :class:`ForwardOut`."""
+        self.policy.train(train)
+        ctx = contextlib.nullcontext() if grad else torch.no_grad()
+        with ctx:
+            logits, values = self.policy(batch["input_ids"], batch["attention_mask"], need_values)
+        cm = batch["completion_mask"]
+        logp = _shifted_logp(logits, batch["input_ids"], cm)
+        vals = None
+        if values is not None:
+            vals = torch.cat([torch.zeros_like(values[:, :1]), values[:, :-1]], dim=1)
+        return ForwardOut(logp=logp, logits=logits[:, :-1] if need_logits else None, values=vals)
+
+    def forward_frozen(self, model: nn.Module, batch: Batch) -> Tensor:
+        """Logits ``[n, S-1, V]`` of a frozen model (teacher), aligned like ForwardOut.logits."""
+        with torch.no_grad():
+            return _lm_call(model, batch["input_ids"], batch["attention_mask"]).logits[:, :-1]
+
+    def forward_frozen_logp(self, model: nn.Module, batch: Batch) -> Tensor:
+        """``logp[n, S]`` of a frozen model (reference) at completion positions."""
+        with torch.no_grad():
+            logits = _lm_call(model, batch["input_ids"], batch["attention_mask"]).logits
+            return _shifted_logp(logits, batch["input_ids"], batch["completion_mask"])
+
+    def prompt_values(self, batch: Batch, values: Tensor | None = None) -> Tensor:
+        """V(x): the value before the first completion token, ``[n]``."""
+        v = batch["old_values"] if values is None else values
+        first = _first_index(batch["completion_mask"])
+        return v[torch.arange(v.shape[0], device=v.device), first]
+
+    def kl_to_reference(self, mb: Batch, out: ForwardOut) -> Tensor:
+        """Sampled per-token KL(π_θ ‖ π_ref) on the batch's tokens (k3 estimator), mean."""
+        m = mb["completion_mask"]
+        k3 = O.kl_k3(out.logp, mb["ref_logp"])
+        return (k3 * m).sum() / m.sum().clamp(min=1)
+
+    # distributed helpers (global E-step) ------------------------------------------------
+    def gather(self, x: Tensor) -> Tensor:
+        """Concatenate ``x`` over processes in rank order (identity on one process)."""
+        return self.accelerator.gather(x.contiguous()) if self.world > 1 else x
+
+    def gather_padded(self, x: Tensor) -> Tensor:
+        """:meth:`gather` after right-padding dim 1 to the longest over processes."""
+        if self.world == 1:
+            return x
+        xp = self.accelerator.pad_across_processes(x, dim=1, pad_index=0, pad_first=False)
+        return self.accelerator.gather(xp.contiguous())
+
+    def local_slice(self, x: Tensor, n_local: int) -> Tensor:
+        """This process's rows of a gathered tensor (equal shares per process)."""
+        return x[self.rank * n_local:(self.rank + 1) * n_local]
+
+    def global_count(self, n_local: int) -> int:
+        return n_local * self.world
+
+    def global_masked_mean(self, x: Tensor, mask: Tensor) -> float:
+        s = torch.stack([(x * mask).sum().float(), mask.sum().float()])
+        if self.world > 1:
+            s = self.accelerator.reduce(s, reduction="sum")
+        return float(s[0] / s[1].clamp(min=1))
+
+    # ------------------------------------------------------------------------ M-step
+    def _kl_old(self, mb: Batch, out: ForwardOut) -> Tensor:
+        """Mean per-token KL(π_old ‖ π_θ) over the minibatch's completion tokens (spec §5)."""
+        m = mb["completion_mask"]
+        if self.cfg.kl_estimator == "exact" and "old_logits" in mb:
+            kl = O.categorical_kl(mb["old_logits"], out.logits, mask=m[:, 1:], chunk_size=self.cfg.kl_chunk_size)
+            return kl.sum() / m[:, 1:].sum().clamp(min=1)
+        k3 = O.kl_k3(mb["old_logp"], out.logp)
+        return (k3 * m).sum() / m.sum().clamp(min=1)
+
+    def _mstep(self, batch: Batch) -> dict[str, float]:
+        cfg, algo, acc = self.cfg, self.algo, self.accelerator
+        n = len(batch)
+        idx = torch.arange(n)
+        trust = algo.uses_trust_region and cfg.trust_region and "old_logp" in batch
+        # Samples with zero E-step weight add nothing to the weighted NLL; they are still
+        # needed where the M-step looks at every state of π_old: the trust region's
+        # E_s KL(π_old‖π_θ) (spec §5), a value baseline, and DDP (equal work per process).
+        if algo.skip_zero_weight and not trust and self.world == 1 and getattr(cfg, "baseline", "") != "value":
+            w = batch["weights"]
+            keep = (w.reshape(n, -1) > 0).any(1)
+            idx = idx[keep.cpu()]
+        mb_size = cfg.minibatch_size or max(1, len(idx))
+        n_mb = max(1, math.ceil(len(idx) / mb_size))
+        # sum-reduced losses over normalised weights: rescale a minibatch to a full-batch
+        # estimate, and undo DDP's averaging over processes
+        self.loss_scale = float(n_mb * self.world)
+        need_logits = algo.needs_logits or (trust and "old_logits" in batch)
+        need_values = self.algo.value_head() is not None
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        first = True
+        tokens = 0
+        skipped = 0
+        stop = False
+        for _epoch in range(cfg.epochs):
+            order = idx[torch.randperm(len(idx))] if n_mb > 1 else idx
+            for j in range(n_mb):
+                mb = batch.select(order[j * mb_size:(j + 1) * mb_size])
+                out = self.forward(mb, train=cfg.mstep_dropout, need_logits=need_logits,
+                                   need_values=need_values)
+                loss, m = algo.loss(self, mb, out)
+                if first and "old_logp" in mb:
+                    # what the PPO ratio sees before any parameter change: with dropout on
+                    # in the M-step this is the dropout noise alone (spec §9)
+                    _, info = O.ppo_clip_loss(out.logp.detach(), mb["old_logp"],
+                                              torch.zeros(len(mb)), mb["completion_mask"],
+                                              getattr(cfg, "clip_eps", 0.2))
+                    m["ppo/ratio_std"] = float(info.ratio_std)
+                    m["ppo/ratio_mean_first"] = float(info.ratio_mean)
+                first = False
+                if trust:
+                    kl = self._kl_old(mb, out)
+                    la, ainfo = O.alpha_trust_region(kl, self.alpha_param, cfg.eps_alpha)
+                    loss = loss + la
+                    m["mstep/kl"] = float(ainfo.kl)
+                    m["mstep/alpha"] = float(ainfo.alpha)
+                    m["loss/alpha"] = float(ainfo.loss_alpha)
+                elif "old_logp" in mb:
+                    with torch.no_grad():
+                        m["mstep/kl"] = float(self._kl_old(mb, out))
+                ok = bool(torch.isfinite(loss.detach()))
+                if ok:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.alpha_opt.zero_grad(set_to_none=True)
+                    acc.backward(loss)
+                    if trust and self.world > 1 and self.alpha_param.grad is not None:
+                        self.alpha_param.grad = acc.reduce(self.alpha_param.grad, reduction="mean")
+                    if cfg.max_grad_norm > 0:
+                        gn = acc.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                    else:
+                        gn = torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in self.policy.parameters()
+                                            if p.grad is not None))
+                    ok = bool(torch.isfinite(torch.as_tensor(gn)))
+                    m["mstep/grad_norm"] = float(gn)
+                if not ok:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.alpha_opt.zero_grad(set_to_none=True)
+                    skipped += 1
+                    self.nonfinite_in_a_row += 1
+                    if self.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
+                        raise EmrlError(
+                            f"{self.nonfinite_in_a_row} M-step gradient steps in a row had a non-finite "
+                            f"loss or gradient (max_nonfinite_steps={cfg.max_nonfinite_steps}); stopping. "
+                            "The last checkpoint was written before this and holds finite weights; try a "
+                            "lower learning_rate")
+                    continue
+                self.nonfinite_in_a_row = 0
+                self.optimizer.step()
+                if trust:
+                    self.alpha_opt.step()
+                tokens += int(mb["attention_mask"].sum())
+                for k, v in m.items():
+                    if math.isfinite(v):
+                        sums[k] = sums.get(k, 0.0) + v
+                        counts[k] = counts.get(k, 0) + 1
+                if algo.stop_epochs(self, m):
+                    stop = True
+                    break
+            if stop:
+                break
+        out_m = {k: sums[k] / counts[k] for k in sums}
+        out_m["mstep/nonfinite_skipped"] = float(skipped)
+        out_m["mstep/sequences"] = float(len(idx))
+        out_m["_tokens"] = float(tokens)
+        if stop:
+            out_m["ppo/early_stop"] = 1.0
+        return out_m
+
+    # ------------------------------------------------------------------------ evaluation
+    def evaluate(self, num_prompts: int | None = None) -> dict[str, Any]:
+        """Held-out greedy (and sampled) accuracy on the task's eval rows (main process).
+
+        Uses its own RNG stream (seeded from the run seed) so evaluating never changes the
+        training run's random numbers, and repeated evaluations see the same sampling noise.
+        """
+        from emrl.lm.evaluate import evaluate
+
+        cfg = self.cfg
+        lm = self.unwrapped
+        was = lm.training
+        lm.eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed + 12345)
+            res = evaluate(lm, self.tokenizer, self.task, num_prompts=num_prompts or cfg.eval_num_prompts,
+                           greedy=True, num_samples=cfg.eval_samples, temperature=cfg.eval_temperature,
+                           max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size)
+        lm.train(was)
+        return res
+
+    # ------------------------------------------------------------------------ the loop
+    def train(self, *, callback: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Run updates until ``max_steps``; write checkpoints, metrics and ``final/``.
+
+        Returns the last logged metrics (with the final evaluation's ``eval/*``).
+        """
+        cfg, acc, algo = self.cfg, self.accelerator, self.algo
+        t_start = time.time() - self.elapsed
+        bar_kw = {} if acc.is_main_process else {"disable": True}
+        bar = progress(total=cfg.max_steps, desc=f"emrl {self.algo_name}", unit="update",
+                       initial=self.step, **bar_kw)
+        last: dict[str, Any] = {}
+        try:
+            while self.step < cfg.max_steps:
+                t0 = time.time()
+                batch = algo.collect(self, self.step)
+                est = algo.estep(self, batch)
+                t1 = time.time()
+                mst = self._mstep(batch)
+                t2 = time.time()
+                self.scheduler.step()
+                self.step += 1
+                self.samples += self.global_count(len(batch)) if algo.name != "sft" else cfg.batch_size
+                tokens = mst.pop("_tokens")
+                rec: dict[str, Any] = {"step": self.step, "samples": self.samples, **est, **mst,
+                                       "lr": self.scheduler.get_last_lr()[0],
+                                       "time/rollout_s": t1 - t0, "time/update_s": t2 - t1,
+                                       "throughput/tokens_per_s": tokens * self.world / max(t2 - t1, 1e-9),
+                                       "throughput/steps_per_s": 1.0 / max(t2 - t0, 1e-9)}
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+                    rec.update(self._eval_metrics())
+                self.elapsed = time.time() - t_start
+                last = rec
+                if self.metrics is not None and (self.step % cfg.log_every == 0 or self.step == cfg.max_steps):
+                    if self.step < cfg.max_steps:
+                        self.metrics.log(rec)
+                if callback is not None:
+                    callback(self.step, rec)
+                bar.update(1)
+                post = {k.split("/")[-1]: f"{rec[k]:.3g}" for k in ("reward/mean", "loss/policy", "eval/accuracy")
+                        if k in rec}
+                bar.set_postfix(post)
+                if self.step < cfg.max_steps and cfg.save_every and self.step % cfg.save_every == 0:
+                    self.save_checkpoint()
+            if cfg.max_steps > 0 or not last:
+                last = {**last, "step": self.step, "samples": self.samples}
+            last.update(self._eval_metrics())
+            self.elapsed = time.time() - t_start
+            if self.metrics is not None:
+                self.metrics.log(last)
+            if self.rundir is not None:
+                self.save_checkpoint()
+                self.save_final()
+        finally:
+            bar.close()
+            if self.metrics is not None:
+                self.metrics.close()
+                self.metrics = None
+        return last
+
+    def _eval_metrics(self) -> dict[str, Any]:
+        if not self.accelerator.is_main_process or self.cfg.eval_num_prompts <= 0 or not self.task.eval:
+            self.accelerator.wait_for_everyone()
+            return {}
+        res = self.evaluate()
+        self.accelerator.wait_for_everyone()
+        self.last_eval = res
+        out = {"eval/accuracy": res.get("accuracy")}
+        if "sampled_accuracy" in res and res["sampled_accuracy"] is not None:
+            out["eval/sampled_accuracy"] = res["sampled_accuracy"]
+        if "reward/mean" in res:
+            out["eval/reward"] = res["reward/mean"]
+        return out
+
+    # ------------------------------------------------------------------------ persistence
+    def _meta(self) -> dict[str, Any]:
+        return {"kind": "emrl-lm", "algo": self.algo_name, "step": self.step, "model": self.cfg.model,
+                "task": self.task.name, "seed": self.cfg.seed, "world_size": self.world}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "policy": acc_unwrap(self.accelerator, self.policy).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "alpha_param": self.alpha_param.detach().clone(),
+            "alpha_opt": self.alpha_opt.state_dict(),
+            "algo": self.algo.state_dict(),
+            "rng": get_rng_state(),
+            "data": {"gen": self.data_gen.get_state(), "perm": self.perm.clone(), "cursor": self.cursor},
+            "counters": {"step": self.step, "samples": self.samples, "elapsed": self.elapsed,
+                         "nonfinite_in_a_row": self.nonfinite_in_a_row},
+            "config": to_dict(self.cfg),
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        """Write ``checkpoint-<step>`` atomically (main process); never non-finite weights."""
+        if self.rundir is None:
+            return None
+        if not _finite_params(self.policy):
+            raise EmrlError(f"refusing to save non-finite weights at step {self.step}")
+        path = self.rundir.path / f"checkpoint-{self.step}"
+        if self.accelerator.is_main_process:
+            save_checkpoint(path, self.state_dict(), meta=self._meta())
+            prune_checkpoints(self.rundir.path, self.cfg.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def save_final(self) -> Path | None:
+        """``final/``: ``save_pretrained`` model + tokenizer + task info, atomically."""
+        if self.rundir is None:
+            return None
+        from emrl.lm.tasks import save_task_info
+
+        if not _finite_params(self.lm):
+            raise EmrlError("refusing to save non-finite weights as final/")
+        final = self.rundir.path / "final"
+        if self.accelerator.is_main_process:
+            with atomic_dir(final) as tmp:
+                self.lm.save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
+                save_task_info(tmp, self.task)
+            if self.last_eval is not None:
+                self.rundir.write_eval({**self.last_eval, "model": str(final), "step": self.step})
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def _load_latest(self) -> None:
+        assert self.rundir is not None
+        from emrl.checkpoint import latest_checkpoint
+
+        ck = latest_checkpoint(self.rundir.path)
+        if ck is None:
+            raise CheckpointError(f"--resume: no complete checkpoint in {self.rundir.path}")
+        state, meta = load_checkpoint(ck)
+        mine = self._meta()
+        for key in ("kind", "algo", "model", "task", "seed"):
+            if meta.get(key) != mine.get(key):
+                raise CheckpointError(
+                    f"checkpoint {ck} does not match this run: its {key} is {meta.get(key)!r}, this run's "
+                    f"is {mine.get(key)!r}")
+        saved_cfg = state.get("config", {})
+        now = to_dict(self.cfg)
+        for k, v in saved_cfg.items():
+            if k not in RESUMABLE_CHANGES and now.get(k) != v:
+                raise CheckpointError(
+                    f"checkpoint {ck} was written with {k}={v!r} but this run has {k}={now.get(k)!r}; "
+                    "resume with the same settings (only " + ", ".join(RESUMABLE_CHANGES) + " may change)")
+        try:
+            acc_unwrap(self.accelerator, self.policy).load_state_dict(state["policy"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            with torch.no_grad():
+                self.alpha_param.copy_(state["alpha_param"])
+            self.alpha_opt.load_state_dict(state["alpha_opt"])
+            self.algo.load_state_dict(state["algo"])
+            d = state["data"]
+            self.data_gen.set_state(d["gen"])
+            self.perm, self.cursor = d["perm"], int(d["cursor"])
+            c = state["counters"]
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise CheckpointError(f"checkpoint {ck} does not fit this model/run: {e}") from e
+        self.step, self.samples = int(c["step"]), int(c["samples"])
+        self.elapsed, self.nonfinite_in_a_row = float(c["elapsed"]), int(c["nonfinite_in_a_row"])
+        if self.step > self.cfg.max_steps:
+            raise CheckpointError(f"checkpoint {ck} is at step {self.step}, beyond max_steps={self.cfg.max_steps}")
+        set_rng_state(state["rng"])
+
+
+def acc_unwrap(acc: Any, module: nn.Module) -> nn.Module:
+    return acc.unwrap_model(module) if acc is not None else module
+
+
+def run_training(cfg: SFTConfig | RLConfig, output_dir: str | Path, **kw: Any) -> dict[str, Any]:
+    """Build an :class:`LMTrainer` and train; returns the last metrics."""
+    return LMTrainer(cfg, output_dir, **kw).train()
+
+
+__all__ = ["LMTrainer", "ForwardOut", "PolicyModule", "ValueHead", "run_training", "SFTConfig",
+           "RLConfig"]
