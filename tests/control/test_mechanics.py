@@ -156,3 +156,90 @@ def test_lstm_agent_trains_with_env_minibatches(tmp_path, algo):
     assert final["samples"] == 256
     rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss/value" in r]
     assert len(rows) == 4 and all(r["grad_norm"] > 0 for r in rows)
+
+
+def test_clip_grad_norm_matches_torch():
+    from emrl.control.train import clip_grad_norm
+
+    torch.manual_seed(0)
+    for scale in (0.01, 10.0):  # below and above the bound
+        a = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7))]
+        b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+        for p, q in zip(a, b, strict=True):
+            g = torch.randn_like(p) * scale
+            p.grad, q.grad = g.clone(), g.clone()
+        n1 = clip_grad_norm(a, 0.5)
+        n2 = torch.nn.utils.clip_grad_norm_(b, 0.5)
+        torch.testing.assert_close(n1, n2)
+        for p, q in zip(a, b, strict=True):
+            torch.testing.assert_close(p.grad, q.grad)
+        assert (scale > 1) == bool(n1 > 0.5)
+
+
+@pytest.mark.parametrize("core", ["mlp", "lstm"])
+def test_prev_action_reward_inputs_are_stored_and_used(core):
+    """Spec §8 extra inputs: the batch stores r_{t-1} and one-hot a_{t-1} (zero at episode
+    starts); the update's recomputation with them equals what the actor saw, and they
+    do change the agent's output (so a wrong stored input would be caught)."""
+    cfg, agent, batch = _setup(core=core, lstm_hidden_size=16, T=40, N=3, prev_action_reward=True)
+    pa, pr = batch.prev_actions, batch.prev_rewards
+    assert pa.shape == (40, 3, 2) and pr.shape == (40, 3)
+    assert batch.reset[1:].any()
+    start = batch.reset  # episode starts (incl. the very first step): zero inputs
+    assert (pa[start] == 0).all() and (pr[start] == 0).all()
+    cont = ~batch.reset[1:]
+    onehot = torch.nn.functional.one_hot(batch.actions[:-1], 2).float()
+    torch.testing.assert_close(pa[1:][cont], onehot[cont])
+    torch.testing.assert_close(pr[1:][cont], batch.rewards[:-1][cont])  # reward_scale = 1
+    with torch.no_grad():
+        params, values, _ = agent(batch.obs, batch.state0, batch.reset, pa, pr)
+        torch.testing.assert_close(params, batch.params, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(values, batch.values, atol=1e-5, rtol=1e-5)
+        p_wrong, _, _ = agent(batch.obs, batch.state0, batch.reset, torch.zeros_like(pa), pr + 1.0)
+        assert not torch.allclose(p_wrong, batch.params, atol=1e-5)
+    with pytest.raises(ValueError, match="prev_action"):
+        agent(batch.obs, batch.state0, batch.reset)
+    gen = torch.Generator().manual_seed(0)
+    for mb in minibatches(batch, 3 if core == "lstm" else 2, stateful=core == "lstm", gen=gen):
+        assert mb.prev_actions is not None
+        with torch.no_grad():
+            p, _, _ = agent(mb.obs, mb.state0, mb.reset, *mb.prev())
+        torch.testing.assert_close(p, mb.params, atol=1e-5, rtol=1e-5)
+
+
+def test_training_with_prev_action_reward_and_evaluation(tmp_path):
+    from emrl.control.train import load_agent, train
+
+    cfg = ControlConfig(core="lstm", lstm_hidden_size=16, prev_action_reward=True, total_steps=256,
+                        num_envs=4, unroll_length=16, num_minibatches=2, epochs=2, eval_every=0,
+                        eval_episodes=1, checkpoint_every=0)
+    final = train(cfg, tmp_path / "run")
+    assert final["eval/return"] >= 8  # a CartPole episode lasts >= 8 steps
+    agent, cfg2, _ = load_agent(tmp_path / "run")
+    assert cfg2.prev_action_reward and agent.prev_action_reward
+    assert agent.core.input_size == 4 + 1 + 2  # obs + reward + one-hot action
+
+
+def test_stateless_rollout_batched_values_and_logp_equal_per_step_ones():
+    """The mlp actor computes V(s_t) and log π(a_t|s_t) for the whole rollout at the end;
+    they must equal the per-step forward of the acting network."""
+    _, agent, batch = _setup(T=24, N=3)
+    with torch.no_grad():
+        for t in range(24):
+            p, v, _ = agent(batch.obs[t:t + 1], (), batch.reset[t:t + 1])
+            torch.testing.assert_close(p[0], batch.params[t])
+            torch.testing.assert_close(v[0], batch.values[t], atol=1e-6, rtol=1e-6)
+            logp = agent.policy_head.log_prob(p[0], batch.actions[t])
+            torch.testing.assert_close(logp, batch.logp[t], atol=1e-6, rtol=1e-6)
+
+
+def test_prev_action_inputs_for_box_actions_are_the_clipped_actions():
+    _, agent, batch = _setup("Pendulum-v1", T=8, N=2, prev_action_reward=True, init_std=3.0)
+    pa, pr = batch.prev_actions, batch.prev_rewards
+    assert pa.shape == (8, 2, 1) and (pa[0] == 0).all() and (pr[0] == 0).all()
+    torch.testing.assert_close(pa[1:], batch.actions[:-1].clamp(-2.0, 2.0))  # env bounds ±2
+    assert (batch.actions.abs() > 2.0).any()  # std 3: some actions were clipped
+    torch.testing.assert_close(pr[1:], batch.rewards[:-1])
+    with torch.no_grad():
+        params, _, _ = agent(batch.obs, batch.state0, batch.reset, pa, pr)
+    torch.testing.assert_close(params, batch.params, atol=1e-5, rtol=1e-5)

@@ -123,3 +123,28 @@ def test_valid_edge_inputs_do_not_raise():
     lp = O.token_logprobs(lg, LABELS.clamp_min(1))
     assert bool(torch.isfinite(lp).all())
     assert bool(torch.isfinite(O.entropy_from_logits(lg)).all())
+
+
+def test_checks_flag_skips_only_the_non_finite_scans_and_restores():
+    assert O.checks_enabled()
+    bad = with_nan(LP)
+    with O.checks(enabled=False):
+        assert not O.checks_enabled()
+        loss, _ = O.ppo_clip_loss(LP, LP, bad)  # the NaN scan is skipped: NaN propagates
+        assert bool(torch.isnan(loss))
+        with pytest.raises(ValueError, match="logp_old.*same shape"):  # shape checks still run
+            O.ppo_clip_loss(LP, torch.zeros(3), LP)
+        with pytest.raises(ValueError, match="clip_eps"):  # argument checks still run
+            O.ppo_clip_loss(LP, LP, LP, clip_eps=0.0)
+        with O.checks(enabled=True):  # nests
+            with pytest.raises(ValueError, match="advantages.*finite"):
+                O.ppo_clip_loss(LP, LP, bad)
+        assert not O.checks_enabled()
+    assert O.checks_enabled()
+    with pytest.raises(RuntimeError), O.checks(enabled=False):  # restored after an exception
+        raise RuntimeError("boom")
+    assert O.checks_enabled()
+    with pytest.raises(ValueError, match="advantages.*finite"):
+        O.ppo_clip_loss(LP, LP, bad)
+    with pytest.raises(ValueError, match="enabled must be a bool"), O.checks(enabled="no"):
+        pass

@@ -5,10 +5,14 @@ A plug-in owns the maths specific to its algorithm, all of it from
 
 * ``prepare(batch)`` — targets and advantages on the collected batch (stored in
   ``batch.extra``, [T, N]), with the values V_old of the acting network;
-* ``loss(params, values, mb, progress)`` — the scalar loss of a recomputed minibatch
-  and a dict of metrics under the shared names of DESIGN.md;
+* ``loss(params, values, mb, progress, diagnostics=True)`` — the scalar loss of a
+  recomputed minibatch and a dict of metrics under the shared names of DESIGN.md
+  (``diagnostics=False``: the training loop does not read the metrics of this
+  minibatch, so metric-only work such as a no-gradient entropy is skipped; the loss
+  is identical);
 * ``dual_parameters()`` — extra parameters (V-MPO's η and α) with their own optimiser;
-* ``stop_early(metrics)`` — PPO's approximate-KL early stop.
+* ``stop_early(metrics)`` — PPO's approximate-KL early stop (``may_stop_early``: whether
+  it is configured, so the loop knows which minibatches need metrics).
 
 :class:`PPO` (spec §4): clipped surrogate, GAE, optional value clipping, entropy bonus.
 :class:`VMPO` (spec §5, Song et al. 2019): n-step or GAE targets, top-k E-step with the
@@ -59,10 +63,18 @@ class Algorithm(nn.Module):
     def prepare(self, batch: Batch) -> dict[str, Any]:
         raise NotImplementedError
 
-    def loss(self, params: torch.Tensor, values: torch.Tensor, mb, progress: float) -> tuple[torch.Tensor, dict[str, Any]]:
+    def loss(
+        self, params: torch.Tensor, values: torch.Tensor, mb, progress: float, diagnostics: bool = True,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         raise NotImplementedError
 
     def stop_early(self, metrics: dict[str, Any]) -> bool:
+        return False
+
+    @property
+    def may_stop_early(self) -> bool:
+        """Whether :meth:`stop_early` can return True (the loop then computes the
+        metrics of every epoch's last minibatch, not only of the final epoch's)."""
         return False
 
     # helpers ----------------------------------------------------------------
@@ -92,7 +104,7 @@ class PPO(Algorithm):
             batch.extra["adv"] = normalize_advantages(adv)
         return metrics
 
-    def loss(self, params, values, mb, progress):
+    def loss(self, params, values, mb, progress, diagnostics=True):
         c = self.cfg
         head = self.agent[0].policy_head
         clip = c.clip_coef * progress if c.anneal_clip else c.clip_coef
@@ -108,15 +120,23 @@ class PPO(Algorithm):
             ent = self.entropy(params).mean()
             loss = pg_loss + c.vf_coef * vloss - c.ent_coef * ent
         else:  # only reported: no graph
+            loss = pg_loss + c.vf_coef * vloss
+            if not diagnostics:
+                return loss, {}
             with torch.no_grad():
                 ent = self.entropy(params).mean()
-            loss = pg_loss + c.vf_coef * vloss
+        if not diagnostics:
+            return loss, {}
         m = {
             "loss/policy": pg_loss.detach(), "loss/value": vloss.detach(), "entropy": ent.detach(),
             "ppo/clip_fraction": info.clip_fraction, "ppo/approx_kl": info.approx_kl,
             "ppo/ratio_std": info.ratio_std, "ppo/clip_eps": clip,
         }
         return loss, m
+
+    @property
+    def may_stop_early(self) -> bool:
+        return self.cfg.target_kl is not None
 
     def stop_early(self, metrics):
         tk = self.cfg.target_kl
@@ -171,7 +191,7 @@ class VMPO(Algorithm):
         batch.extra["returns"] = ret
         return {"adv/mean": adv.mean(), "value/target_mean": ret.mean()}
 
-    def loss(self, params, values, mb, progress):
+    def loss(self, params, values, mb, progress, diagnostics=True):
         c = self.cfg
         head = self.agent[0].policy_head
         adv = mb.extra["adv"].reshape(-1)
@@ -200,6 +220,8 @@ class VMPO(Algorithm):
             m.update({"mstep/kl": kl.detach(), "mstep/alpha": ainfo.alpha})
         vloss, _ = value_loss(values, None, mb.extra["returns"])
         loss = loss_pi + loss_eta + loss_alpha + c.vf_coef * vloss
+        if not diagnostics:
+            return loss, {}
         m.update({
             "loss/policy": loss_pi.detach(), "loss/value": vloss.detach(),
             "loss/temperature": loss_eta.detach(), "loss/alpha": loss_alpha.detach(),

@@ -26,6 +26,8 @@ class ControlConfig:
     activation: str = cfg_field("tanh", "MLP activation: tanh, relu, elu, gelu")
     lstm_hidden_size: int = cfg_field(128, "LSTM core hidden size")
     core_kwargs: dict = cfg_field({}, "extra keyword arguments for the core (e.g. trxl sizes)")
+    encoder: str = cfg_field("nature", "pixel observations: nature (Nature-DQN torso) or resnet (IMPALA ResNet torso, spec §8)", choices=["nature", "resnet"])
+    prev_action_reward: bool = cfg_field(False, "spec §8: feed the previous reward and (one-hot) previous action to the core (zero after a reset)")
     separate_value: bool = cfg_field(True, "mlp core only: the value function has its own MLP")
     gaussian_state_dependent_std: bool = cfg_field(False, "Box actions: std from the network (softplus) instead of a learned vector")
     init_std: float = cfg_field(1.0, "Box actions: initial policy standard deviation")
@@ -84,6 +86,8 @@ class ControlConfig:
                      "nstep", "eval_episodes", "num_threads", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.encoder not in ("nature", "resnet"):
+            raise ConfigError(f"encoder must be one of ['nature', 'resnet'], got {self.encoder!r}")
         if not 0.0 < self.topk_fraction <= 1.0:
             raise ConfigError(f"topk_fraction must be in (0, 1], got {self.topk_fraction}")
         for name in ("gamma", "gae_lambda"):

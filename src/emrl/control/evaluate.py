@@ -47,6 +47,10 @@ def evaluate(
             obs, _ = env.reset(seed=seed + ep)
             state = agent.initial_state(1, device)
             reset = torch.ones(1, 1, dtype=torch.bool, device=device)
+            prev: tuple[torch.Tensor, ...] = ()
+            if getattr(agent, "prev_action_reward", False):  # spec §8 inputs: zero at the start
+                prev = (torch.zeros(1, 1, agent.action_enc_size, device=device),
+                        torch.zeros(1, 1, device=device))
             total, n, done = 0.0, 0, False
             while not done:
                 check_finite(env_id, steps, np.asarray(obs), 0.0)
@@ -56,7 +60,7 @@ def evaluate(
                 x = torch.as_tensor(o, device=device)
                 if x.dtype == torch.float64:
                     x = x.float()
-                params, _, state = agent(x.unsqueeze(0), state, reset)
+                params, _, state = agent(x.unsqueeze(0), state, reset, *prev)
                 reset = torch.zeros_like(reset)
                 a = head.mode(params[0, 0]) if deterministic else head.sample(params[0, 0])
                 a_np = a.cpu().numpy()
@@ -65,6 +69,9 @@ def evaluate(
                 else:
                     a_np = np.clip(a_np, env.action_space.low, env.action_space.high)
                 obs, r, term, trunc, _ = env.step(a_np)
+                if prev:
+                    prev = (agent.encode_action(torch.as_tensor(a_np, device=device)).reshape(1, 1, -1),
+                            torch.full((1, 1), float(r), device=device))
                 steps += 1
                 check_finite(env_id, steps, np.asarray(obs), r)
                 total += float(r)

@@ -3,7 +3,8 @@
 Storage is time-major ``[T, N, ...]`` (T = unroll length, N = envs). For each training
 segment the batch keeps the core state at its first step (``state0``), so the update
 recomputes the segment in one ``agent(obs, state0, reset)`` call and sees what the actor
-saw (see :mod:`emrl.nn.core`).
+saw (see :mod:`emrl.nn.core`). Agents with the spec §8 extra inputs
+(``prev_action_reward``) also get the stored ``prev_actions`` / ``prev_rewards``.
 
 Flags per step ``t`` (conventions of :mod:`emrl.objectives.returns`):
 ``reset[t]``: step t starts an episode; ``terminated[t]`` / ``dones[t]``: the episode
@@ -23,6 +24,8 @@ from emrl.control.agent import Agent
 from emrl.control.envs import RunningMeanStd, check_finite
 from emrl.nn.core import State, index_state
 
+_EMPTY = np.zeros(0, np.float32)
+
 
 @dataclass
 class Batch:
@@ -37,6 +40,11 @@ class Batch:
     dones: torch.Tensor         # [T, N] bool
     reset: torch.Tensor         # [T, N] bool
     state0: State               # core state before step 0, tensors [N, ...]
+    # spec §8 extra inputs (agents with prev_action_reward, else None): the encoded
+    # previous action [T, N, A] and previous reward [T, N] the actor fed the core at t
+    # (zero at episode starts)
+    prev_actions: torch.Tensor | None = None
+    prev_rewards: torch.Tensor | None = None
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # algorithm targets [T, N]
 
     @property
@@ -91,6 +99,11 @@ class Actor:
         self.obs = self._prep(raw, update=True)
         self.state = agent.initial_state(self.n, device)
         self.reset = torch.ones(self.n, dtype=torch.bool, device=device)
+        # spec §8: previous action (encoded) and reward per env, zero at episode starts
+        self.prev_inputs = bool(getattr(agent, "prev_action_reward", False))
+        if self.prev_inputs:
+            self.prev_action = torch.zeros(self.n, agent.action_enc_size, device=device)
+            self.prev_reward = torch.zeros(self.n, device=device)
         self.stats = EpisodeStats(self.n)
 
     def _prep(self, raw: np.ndarray, update: bool) -> torch.Tensor:
@@ -106,13 +119,25 @@ class Actor:
 
     @torch.no_grad()
     def collect(self, T: int) -> Batch:
+        """Step the envs ``T`` times with the current policy; return the [T, N] batch.
+
+        A stateless agent (``agent.stateful`` False) samples with the policy alone at
+        each step and computes the values V(s_0..s_T) and log π(a_t|s_t) of the whole
+        rollout in one batched call at the end: the same functions of the same
+        inputs, with far fewer small tensor operations per env step. Memory agents
+        compute everything step by step (their state evolves).
+        """
         agent, n, dev = self.agent, self.n, self.device
-        obs_l: list[torch.Tensor] = []
+        stateless = not agent.stateful
+        obs_buf = torch.empty((T + 1, n, *self.obs.shape[1:]), dtype=self.obs.dtype, device=dev)
+        reset_buf = torch.empty((T + 1, n), dtype=torch.bool, device=dev)
+        pa_buf = pr_buf = None
+        if self.prev_inputs:
+            pa_buf = torch.empty((T + 1, n, self.prev_action.shape[-1]), device=dev)
+            pr_buf = torch.empty((T + 1, n), device=dev)
         act_l: list[torch.Tensor] = []
-        logp_l: list[torch.Tensor] = []
         val_l: list[torch.Tensor] = []
         params_l: list[torch.Tensor] = []
-        reset_l: list[torch.Tensor] = []
         rewards = np.empty((T, n), np.float32)
         terminated = np.empty((T, n), bool)
         dones = np.empty((T, n), bool)
@@ -121,13 +146,19 @@ class Actor:
         state0 = self.state
         head = agent.policy_head
         for t in range(T):
-            obs_l.append(self.obs)
-            reset_l.append(self.reset)
-            params, value, self.state = agent(self.obs.unsqueeze(0), self.state, self.reset.unsqueeze(0))
-            params, value = params[0], value[0]
+            obs_buf[t] = self.obs
+            reset_buf[t] = self.reset
+            prev: tuple[torch.Tensor, ...] = ()
+            if pa_buf is not None and pr_buf is not None:
+                pa_buf[t] = self.prev_action
+                pr_buf[t] = self.prev_reward
+                prev = (pa_buf[t:t + 1], pr_buf[t:t + 1])
+            params, value, self.state = agent(obs_buf[t:t + 1], self.state, reset_buf[t:t + 1],
+                                              *prev, need_value=not stateless)
+            params = params[0]
+            if value is not None:
+                val_l.append(value[0])
             action = head.sample(params)
-            logp_l.append(head.log_prob(params, action))
-            val_l.append(value)
             params_l.append(params)
             act_l.append(action)
             a_np = action.numpy() if dev.type == "cpu" else action.cpu().numpy()
@@ -135,12 +166,15 @@ class Actor:
                 a_np = np.clip(a_np, self.low, self.high)
             raw, r, term, trunc, info = self.envs.step(a_np)
             self.env_steps += n
-            check_finite(self.env_id, self.env_steps, np.asarray(raw), r)
+            check_finite(self.env_id, self.env_steps, _EMPTY, r)  # the observation: in _prep
             done = np.logical_or(term, trunc)
             self.stats.step(np.asarray(r, np.float64), done)
             rewards[t] = r
             terminated[t] = term
             dones[t] = done
+            if self.prev_inputs:  # a_t, r_t: the inputs at t+1 (before the reset zeroing)
+                a_t = agent.encode_action(torch.as_tensor(a_np, device=dev))
+                r_t = torch.as_tensor(np.asarray(r, np.float32), device=dev)
             tr = np.logical_and(trunc, np.logical_not(term))
             if tr.any():
                 idx = np.nonzero(tr)[0]
@@ -148,23 +182,44 @@ class Actor:
                 check_finite(self.env_id, self.env_steps, final, 0.0)
                 fo = self._prep(final, update=False).unsqueeze(0)
                 it = torch.as_tensor(idx, device=dev)
+                prev_f = (a_t[it][None], r_t[it][None]) if self.prev_inputs else ()
                 _, v_final, _ = agent(fo, index_state(self.state, it),
-                                      torch.zeros(1, len(idx), dtype=torch.bool, device=dev))
+                                      torch.zeros(1, len(idx), dtype=torch.bool, device=dev), *prev_f)
                 trunc_values[t, it] = v_final[0]
                 truncated_only[t, idx] = True
             self.obs = self._prep(raw, update=True)
             self.reset = torch.from_numpy(done.copy()).to(dev)
-        _, v_last, _ = agent(self.obs.unsqueeze(0), self.state, self.reset.unsqueeze(0))
-        values = torch.stack(val_l)
+            if self.prev_inputs:
+                keep = (~self.reset).to(a_t.dtype)
+                self.prev_action = a_t * keep.unsqueeze(-1)
+                self.prev_reward = r_t * keep
+        obs_buf[T] = self.obs
+        reset_buf[T] = self.reset
+        prev_all: tuple[torch.Tensor, ...] = ()
+        if pa_buf is not None and pr_buf is not None:
+            pa_buf[T] = self.prev_action
+            pr_buf[T] = self.prev_reward
+            prev_all = (pa_buf, pr_buf)
+        if stateless:  # V(s_0), ..., V(s_T) in one call (no state, so resets do not matter)
+            _, v_all, _ = agent(obs_buf, (), torch.zeros_like(reset_buf), *prev_all)
+            values, v_last = v_all[:T], v_all[T:]
+        else:
+            _, v_last, _ = agent(obs_buf[T:], self.state, reset_buf[T:],
+                                 *(x[T:] for x in prev_all))
+            values = torch.stack(val_l)
         v_next = torch.cat([values[1:], v_last], 0)
         tr_only = torch.from_numpy(truncated_only).to(dev)
         next_values = torch.where(tr_only, trunc_values, v_next)
         rew = torch.from_numpy(rewards).to(dev)
         if self.reward_scale != 1.0:
             rew = rew * self.reward_scale
+        params_all = torch.stack(params_l)
+        actions = torch.stack(act_l)
         return Batch(
-            obs=torch.stack(obs_l), actions=torch.stack(act_l), logp=torch.stack(logp_l),
-            params=torch.stack(params_l), values=values, next_values=next_values, rewards=rew,
+            obs=obs_buf[:T], actions=actions, logp=head.log_prob(params_all, actions),
+            params=params_all, values=values, next_values=next_values, rewards=rew,
             terminated=torch.from_numpy(terminated).to(dev), dones=torch.from_numpy(dones).to(dev),
-            reset=torch.stack(reset_l), state0=state0,
+            reset=reset_buf[:T], state0=state0,
+            prev_actions=None if pa_buf is None else pa_buf[:T],
+            prev_rewards=None if pr_buf is None else pr_buf[:T],
         )

@@ -39,6 +39,7 @@ from emrl.control.rollout import Actor, Batch
 from emrl.errors import CheckpointError
 from emrl.metrics import MetricsWriter
 from emrl.nn.core import index_state
+from emrl.objectives import checks
 from emrl.progress import progress
 from emrl.rundir import RunDir
 from emrl.seeding import get_rng_state, seed_everything, set_rng_state
@@ -55,6 +56,14 @@ class Minibatch:
     reset: torch.Tensor
     state0: tuple
     extra: dict[str, torch.Tensor]
+    prev_actions: torch.Tensor | None = None  # spec §8 extra inputs (see rollout.Batch)
+    prev_rewards: torch.Tensor | None = None
+
+    def prev(self) -> tuple[torch.Tensor, ...]:
+        """``(prev_actions, prev_rewards)`` for the agent's forward, or ``()``."""
+        if self.prev_actions is None or self.prev_rewards is None:
+            return ()
+        return (self.prev_actions, self.prev_rewards)
 
 
 def build_agent(cfg: ControlConfig, observation_space, action_space) -> Agent:
@@ -62,6 +71,7 @@ def build_agent(cfg: ControlConfig, observation_space, action_space) -> Agent:
         observation_space, action_space, core=cfg.core, core_kwargs=cfg.core_kwargs_for(),
         separate_value=cfg.separate_value,
         gaussian_state_dependent_std=cfg.gaussian_state_dependent_std, init_std=cfg.init_std,
+        encoder=cfg.encoder, prev_action_reward=cfg.prev_action_reward,
     )
 
 
@@ -69,7 +79,9 @@ def minibatches(batch: Batch, num_minibatches: int, stateful: bool, gen: torch.G
     """Yield :class:`Minibatch` es: random sample subsets as [1, M] for stateless agents,
     random env subsets as whole [T, M] segments (with their stored state) otherwise."""
     T, N = batch.rewards.shape
-    fields = ("obs", "actions", "logp", "params", "values", "reset")
+    fields: tuple[str, ...] = ("obs", "actions", "logp", "params", "values", "reset")
+    if batch.prev_actions is not None:
+        fields += ("prev_actions", "prev_rewards")
     if not stateful:
         flat = {f: getattr(batch, f).reshape(1, T * N, *getattr(batch, f).shape[2:]) for f in fields}
         extra = {k: v.reshape(1, T * N, *v.shape[2:]) for k, v in batch.extra.items()}
@@ -179,18 +191,31 @@ def train(
             t1 = time.perf_counter()
             agent.train()
             prep_metrics = algo.prepare(batch)
-            epoch_metrics: dict[str, float] = {}
-            for _epoch in range(cfg.epochs):
-                for mb in minibatches(batch, cfg.num_minibatches, agent.stateful, gen):
-                    params, values, _ = agent(mb.obs, mb.state0, mb.reset)
-                    loss, m = algo.loss(params, values, mb, progress=frac)
-                    opt.zero_grad(set_to_none=True)
+            epoch_metrics: dict[str, Any] = {}
+            for epoch in range(cfg.epochs):
+                for i, mb in enumerate(minibatches(batch, cfg.num_minibatches, agent.stateful, gen)):
+                    # the objectives' non-finite scans run on the first minibatch of the
+                    # update (the batch and a fresh forward pass); later steps reuse that
+                    # data, so they skip the scans (shape/argument checks always run)
+                    with checks(enabled=epoch == 0 and i == 0):
+                        params, values, _ = agent(mb.obs, mb.state0, mb.reset, *mb.prev())
+                        # metrics are read only after the last minibatch of the last epoch
+                        # (logging) or of every epoch when the algorithm may stop early
+                        last = i == cfg.num_minibatches - 1 and (
+                            epoch == cfg.epochs - 1 or algo.may_stop_early)
+                        loss, m = algo.loss(params, values, mb, progress=frac, diagnostics=last)
+                    for p in params_list:  # = opt.zero_grad(set_to_none=True), minus its hooks
+                        p.grad = None
+                    if dual_params:
+                        for p in dual_params:
+                            p.grad = None
                     loss.backward()
-                    gn = torch.nn.utils.clip_grad_norm_(params_list, cfg.max_grad_norm, foreach=True)
+                    gn = clip_grad_norm(params_list, cfg.max_grad_norm)
                     opt.step()
                     algo.project_duals()
-                    m["grad_norm"] = gn
-                    epoch_metrics = m
+                    if last:
+                        m["grad_norm"] = gn
+                        epoch_metrics = m
                 if algo.stop_early(epoch_metrics):
                     break
             t_upd = time.perf_counter() - t1
@@ -238,6 +263,23 @@ def train(
         return final
     finally:
         envs.close()
+
+
+@torch.no_grad()
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Scale the gradients in place so their global L2 norm is at most ``max_norm``;
+    return the norm before clipping (0-dim tensor).
+
+    The formula of ``torch.nn.utils.clip_grad_norm_`` (coefficient
+    ``min(1, max_norm / (norm + 1e-6))``) in four foreach/tensor operations without
+    its per-call Python layers: it runs once per gradient step of small agents.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, torch.clamp(max_norm / (total + 1e-6), max=1.0))
+    return total
 
 
 def _adam(groups: list[dict[str, Any]], cfg: ControlConfig, device: torch.device) -> torch.optim.Adam:

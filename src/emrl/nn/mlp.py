@@ -54,4 +54,11 @@ class MLPCore(Core):
 
     def forward(self, x: torch.Tensor, state: State, reset: torch.Tensor) -> tuple[torch.Tensor, State]:
         check_core_inputs(x, reset, self.input_size)
-        return self.net(x), ()
+        T, B = x.shape[:2]
+        # 2-D inputs: each Linear is one addmm (3-D inputs add view nodes to the graph);
+        # the layers' forward is called directly (no module hooks are used here, and the
+        # per-call hook machinery is a noticeable cost for small agents)
+        h = x.reshape(T * B, self.input_size)
+        for layer in self.net:
+            h = layer.forward(h)
+        return h.reshape(T, B, -1), ()

@@ -5,7 +5,8 @@ these functions for all of their maths. Each loss returns ``(loss_or_value, info
 where ``info`` is a small NamedTuple of detached diagnostics (rlax style). Docstrings
 state tensor shapes and cite the specification (``spec §N`` =
 ``spec/em-formulations.md``). Bad input (wrong shapes, out-of-range hyperparameters,
-non-finite advantages or log-probs) raises ``ValueError`` naming the argument.
+non-finite advantages or log-probs) raises ``ValueError`` naming the argument; the
+non-finite scans can be switched off in hot loops with ``checks(enabled=False)``.
 
 Modules:
 
@@ -19,7 +20,7 @@ Modules:
   entropy, approximate KL (spec §4).
 """
 
-from emrl.objectives._checks import masked_mean, masked_sum
+from emrl.objectives._checks import checks, checks_enabled, masked_mean, masked_sum
 from emrl.objectives.estep import (
     TEMPERATURE_PARAMS,
     DARInfo,
@@ -75,6 +76,8 @@ positive_param = temperature
 
 __all__ = [
     # helpers
+    "checks",
+    "checks_enabled",
     "masked_mean",
     "masked_sum",
     # returns

@@ -4,15 +4,54 @@ Every public function in :mod:`emrl.objectives` validates its inputs with these
 helpers so that bad input fails loudly with a ``ValueError`` naming the argument and
 what was expected, instead of propagating a silent NaN. Each check is O(1) Python
 work plus at most one ``torch.isfinite(x).all()`` reduction per tensor.
+
+The non-finite scans (the ``torch.isfinite(x).all()`` reductions of
+:func:`check_tensor`) can be switched off inside hot loops that have already validated
+their data, with the context manager :func:`checks` (exported as
+``emrl.objectives.checks``)::
+
+    with emrl.objectives.checks(enabled=False):
+        loss, info = ppo_clip_loss(...)   # shapes and arguments still checked
+
+Shape, dtype, emptiness and argument checks always run; the default is enabled.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
+
+_FINITE_SCANS = [True]  # a one-element list: mutable module state read by check_tensor
+
+
+@contextmanager
+def checks(enabled: bool = True) -> Iterator[None]:
+    """Context manager enabling (default) or disabling the objectives' non-finite scans.
+
+    With ``enabled=False``, :func:`check_tensor` skips its ``torch.isfinite(x).all()``
+    reduction (one reduction and one host sync per tensor) until the block exits; the
+    previous setting is restored on exit, also after an exception, so blocks nest.
+    Shape, dtype, emptiness and hyperparameter checks are unaffected. Use it only
+    where the inputs are known to be finite (e.g. a training loop's inner epochs on a
+    batch that was checked once).
+    """
+    if not isinstance(enabled, bool):
+        raise ValueError(f"enabled must be a bool, got {type(enabled).__name__}")
+    previous = _FINITE_SCANS[0]
+    _FINITE_SCANS[0] = enabled
+    try:
+        yield
+    finally:
+        _FINITE_SCANS[0] = previous
+
+
+def checks_enabled() -> bool:
+    """Whether the non-finite scans of :func:`check_tensor` currently run (see :func:`checks`)."""
+    return _FINITE_SCANS[0]
 
 
 def _shape(x: Tensor) -> tuple[int, ...]:
@@ -33,7 +72,8 @@ def check_tensor(
 
     ``ndim``: required number of dimensions (or a collection of allowed values).
     ``shape``: required exact shape. ``finite``: every element must be finite.
-    ``floating``: must have a floating-point dtype.
+    ``floating``: must have a floating-point dtype. The finiteness scan is skipped
+    inside ``checks(enabled=False)``.
     """
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -50,7 +90,7 @@ def check_tensor(
         raise ValueError(f"{name} must not be empty, got shape {_shape(x)}")
     if floating and not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if finite and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+    if finite and _FINITE_SCANS[0] and x.is_floating_point() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} must be finite (no NaN or inf), got non-finite values")
     return x
 
