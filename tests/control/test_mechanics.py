@@ -170,10 +170,53 @@ def test_clip_grad_norm_matches_torch():
             p.grad, q.grad = g.clone(), g.clone()
         n1 = clip_grad_norm(a, 0.5)
         n2 = torch.nn.utils.clip_grad_norm_(b, 0.5)
-        torch.testing.assert_close(n1, n2)
+        assert torch.equal(n1, n2)  # the same operations: bit-identical
         for p, q in zip(a, b, strict=True):
-            torch.testing.assert_close(p.grad, q.grad)
+            assert torch.equal(p.grad, q.grad)
         assert (scale > 1) == bool(n1 > 0.5)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_adam_step_is_bit_identical_to_opt_step(fused):
+    """AdamStep (cached lists + torch's functional adam) equals Adam.step exactly: two
+    groups, lr changes, a step where one parameter has no gradient (fallback), and a
+    load_state_dict mid-way (the cache must follow the new state)."""
+    import copy
+
+    from emrl.control.train import AdamStep
+
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7)),
+         torch.nn.Parameter(torch.randn(()))]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+
+    def make(ps):
+        return torch.optim.Adam([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.05}], lr=0.01,
+                                eps=1e-5, fused=fused, foreach=None if fused else True)
+
+    opt_a, opt_b = make(a), make(b)
+    step_a = AdamStep(opt_a)
+    for k in range(8):
+        if k == 5:  # reload both from a snapshot of b's optimizer
+            snap = opt_b.state_dict()  # (deep copies: load_state_dict may keep the tensors)
+            opt_a.load_state_dict(copy.deepcopy(snap))
+            opt_b.load_state_dict(copy.deepcopy(snap))
+        opt_a.param_groups[0]["lr"] = opt_b.param_groups[0]["lr"] = 0.01 * (1 - k / 10)
+        for i, (p, q) in enumerate(zip(a, b, strict=True)):
+            if k == 3 and i == 1:
+                p.grad = q.grad = None
+                continue
+            g = torch.randn_like(p)
+            p.grad, q.grad = g.clone(), g.clone()
+        step_a()
+        opt_b.step()
+        for p, q in zip(a, b, strict=True):
+            assert torch.equal(p, q), k
+            for key in ("exp_avg", "exp_avg_sq", "step"):
+                assert torch.equal(opt_a.state[p][key], opt_b.state[q][key])
+    assert step_a._cache is not None  # the fast path was in use at the end
+    assert all(c[5] for c in step_a._cache) == fused  # fused: the kernels are called directly
+    assert float(opt_a.state[a[0]]["step"]) == 8 and float(opt_a.state[a[1]]["step"]) == 7
 
 
 @pytest.mark.parametrize("core", ["mlp", "lstm"])

@@ -127,7 +127,8 @@ def test_property_clip_loss_bounds(B, T, eps, log_scale, adv_scale, seed):
         assert float(info.approx_kl) >= 0.0
     # the clipped objective is a pessimistic bound on the unclipped one
     loss, _ = ppo_clip_loss(new, old, adv, mask, eps)
-    r = torch.exp(new - old)
+    # (log-ratios are clamped to ±max_log_ratio = 20 before exp: the bound holds for those r)
+    r = torch.exp((new - old).clamp(-20.0, 20.0))
     unclipped = -(r * adv)[mask].mean() if bool(mask.any()) else torch.tensor(0.0)
     assert float(loss.detach()) >= float(unclipped) - 1e-9 * (1 + abs(float(unclipped)))
     # at r = 1 the loss is -mean(A) and nothing is clipped
@@ -147,3 +148,44 @@ def test_sequence_level_equals_token_level_for_one_token_sequences():
     flat, fi = ppo_clip_loss(new[:, 0], old[:, 0], adv, None, 0.2)  # control: [N]
     assert float(seq) == pytest.approx(float(tok)) == pytest.approx(float(flat))
     assert float(si.clip_fraction) == float(ti.clip_fraction) == float(fi.clip_fraction)
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_clip_loss_diagnostics_off_same_loss_and_gradients(level, masked):
+    gen = torch.Generator().manual_seed(3)
+    base = torch.randn(4, 6, generator=gen) * 0.3
+    old = torch.randn(4, 6, generator=gen) * 0.3
+    adv = torch.randn(4, generator=gen) if level == "sequence" else torch.randn(4, 6, generator=gen)
+    mask = (torch.rand(4, 6, generator=gen) > 0.3) if masked else None
+    out = []
+    for diag in (True, False):
+        new = base.clone().requires_grad_()
+        loss, info = ppo_clip_loss(new, old, adv, mask, 0.1, level=level, diagnostics=diag)
+        (g,) = torch.autograd.grad(loss, new)
+        out.append((loss.detach(), g, info))
+    (l_on, g_on, i_on), (l_off, g_off, i_off) = out
+    assert torch.equal(l_on, l_off) and torch.equal(g_on, g_off)  # bit-for-bit
+    assert all(v is not None for v in i_on) and all(v is None for v in i_off)
+    assert float(i_on.clip_fraction) > 0  # the diagnostics-on call did compute them
+
+
+@pytest.mark.parametrize("clip", [None, 0.05])
+def test_value_loss_diagnostics_off_same_loss_and_gradients(clip):
+    gen = torch.Generator().manual_seed(4)
+    base = torch.randn(32, generator=gen)
+    old = base + 0.2 * torch.randn(32, generator=gen)
+    ret = torch.randn(32, generator=gen)
+    mask = torch.rand(32, generator=gen) > 0.25
+    out = []
+    for diag in (True, False):
+        v = base.clone().requires_grad_()
+        loss, info = value_loss(v, old, ret, clip=clip, mask=mask, diagnostics=diag)
+        (g,) = torch.autograd.grad(loss, v)
+        out.append((loss.detach(), g, info))
+    (l_on, g_on, i_on), (l_off, g_off, i_off) = out
+    assert torch.equal(l_on, l_off) and torch.equal(g_on, g_off)
+    assert i_off.clip_fraction is None and i_off.explained_variance is None
+    assert i_on.explained_variance is not None and i_on.clip_fraction is not None
+    if clip is not None:
+        assert float(i_on.clip_fraction) > 0

@@ -29,7 +29,7 @@ from torch import nn
 
 from emrl.control.envs import is_image_space, obs_shape
 from emrl.errors import ConfigError
-from emrl.nn.core import State, build_core
+from emrl.nn.core import State, build_core, check_core_inputs
 from emrl.nn.encoders import ResNetEncoder
 from emrl.nn.heads import CategoricalHead, GaussianHead, ValueHead
 from emrl.nn.mlp import MLPCore, orthogonal_init
@@ -172,14 +172,25 @@ class Agent(nn.Module):
         elif prev_action is not None or prev_reward is not None:
             raise ValueError("prev_action/prev_reward given, but this agent was built with "
                              "prev_action_reward=False")
-        h, new_state = self.core(x, state, reset)
-        h = h.reshape(T * B, -1)  # the heads run on 2-D features (one addmm each)
-        params = self.policy_head(h).reshape(T, B, -1)
+        # the heads run on 2-D features (one addmm each); an MLP core runs on them too
+        # (MLPCore.forward_flat: the same values without the [T, B] views), and the
+        # submodules' forward is called directly (no hooks: cheaper for small agents)
+        x2 = None
+        if type(self.core) is MLPCore:
+            check_core_inputs(x, reset, self.core.input_size)
+            x2 = x.reshape(T * B, self.core.input_size)
+            h, new_state = self.core.forward_flat(x2), ()
+        else:
+            h, new_state = self.core(x, state, reset)
+            h = h.reshape(T * B, -1)
+        params = self.policy_head.forward(h).reshape(T, B, -1)
         if not need_value:
             return params, None, new_state
         if self.value_core is not None:
-            hv, _ = self.value_core(x, (), reset)
-            value = self.value_head(hv.reshape(T * B, -1))
+            if x2 is None:
+                check_core_inputs(x, reset, self.value_core.input_size)
+                x2 = x.reshape(T * B, self.value_core.input_size)
+            value = self.value_head.forward(self.value_core.forward_flat(x2))
         else:
-            value = self.value_head(h)
+            value = self.value_head.forward(h)
         return params, value.reshape(T, B), new_state

@@ -113,9 +113,10 @@ class PPO(Algorithm):
         if c.norm_adv and not getattr(self, "_adv_normalized", False):
             adv = normalize_advantages(adv)
         logp = head.log_prob(params, mb.actions)
-        pg_loss, info = ppo_clip_loss(logp, mb.logp, adv, clip_eps=clip)
+        pg_loss, info = ppo_clip_loss(logp, mb.logp, adv, clip_eps=clip, diagnostics=diagnostics)
+        # the value diagnostics are not reported: skip them (same loss, no host sync)
         vloss, _ = value_loss(values, mb.values if c.clip_vloss else None, mb.extra["returns"],
-                              clip=clip if c.clip_vloss else None)
+                              clip=clip if c.clip_vloss else None, diagnostics=False)
         if c.ent_coef:
             ent = self.entropy(params).mean()
             loss = pg_loss + c.vf_coef * vloss - c.ent_coef * ent
@@ -218,7 +219,7 @@ class VMPO(Algorithm):
             kl = categorical_kl(mb.params, params).mean()
             loss_alpha, ainfo = alpha_trust_region(kl, self.xi_alpha, c.eps_alpha)
             m.update({"mstep/kl": kl.detach(), "mstep/alpha": ainfo.alpha})
-        vloss, _ = value_loss(values, None, mb.extra["returns"])
+        vloss, _ = value_loss(values, None, mb.extra["returns"], diagnostics=False)
         loss = loss_pi + loss_eta + loss_alpha + c.vf_coef * vloss
         if not diagnostics:
             return loss, {}

@@ -55,10 +55,18 @@ class MLPCore(Core):
     def forward(self, x: torch.Tensor, state: State, reset: torch.Tensor) -> tuple[torch.Tensor, State]:
         check_core_inputs(x, reset, self.input_size)
         T, B = x.shape[:2]
-        # 2-D inputs: each Linear is one addmm (3-D inputs add view nodes to the graph);
-        # the layers' forward is called directly (no module hooks are used here, and the
-        # per-call hook machinery is a noticeable cost for small agents)
-        h = x.reshape(T * B, self.input_size)
+        return self.forward_flat(x.reshape(T * B, self.input_size)).reshape(T, B, -1), ()
+
+    def forward_flat(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP on 2-D inputs: ``x`` [M, D] -> [M, output_size] (no shape checks).
+
+        Each Linear on 2-D inputs is one addmm (3-D inputs add view nodes to the graph);
+        the layers' forward is called directly (no module hooks are used here, and the
+        per-call hook machinery is a noticeable cost for small agents). Callers that
+        already hold flat features (the control agent) use this to skip the
+        [T, B] reshapes of :meth:`forward`; the values are the same.
+        """
+        h = x
         for layer in self.net:
             h = layer.forward(h)
-        return h.reshape(T, B, -1), ()
+        return h

@@ -34,7 +34,8 @@ __all__ = [
 
 
 class PPOInfo(NamedTuple):
-    """Diagnostics of the clipped surrogate (detached 0-dim tensors).
+    """Diagnostics of the clipped surrogate (detached 0-dim tensors, or all ``None`` when
+    :func:`ppo_clip_loss` was called with ``diagnostics=False``).
 
     clip_fraction: fraction of valid ratios outside ``[1 − ε, 1 + ε]``.
     approx_kl: k3 estimate of ``KL(π_old ‖ π_new)`` per token (or per sequence at
@@ -42,11 +43,14 @@ class PPOInfo(NamedTuple):
     ratio_mean, ratio_std: of the valid ratios.
     """
 
-    clip_fraction: Tensor
-    approx_kl: Tensor
-    ratio_mean: Tensor
-    ratio_std: Tensor
-    approx_kl_k1: Tensor
+    clip_fraction: Tensor | None
+    approx_kl: Tensor | None
+    ratio_mean: Tensor | None
+    ratio_std: Tensor | None
+    approx_kl_k1: Tensor | None
+
+
+_NO_PPO_INFO = PPOInfo(None, None, None, None, None)
 
 
 def _logp_pair(logp_new: Tensor, logp_old: Tensor, mask: Tensor | None):
@@ -64,6 +68,7 @@ def ppo_clip_loss(
     clip_eps: float = 0.2,
     level: str = "token",
     max_log_ratio: float = 20.0,
+    diagnostics: bool = True,
 ) -> tuple[Tensor, PPOInfo]:
     """Negative clipped surrogate ``−E[min(r A, clip(r, 1−ε, 1+ε) A)]`` (spec §4).
 
@@ -83,6 +88,9 @@ def ppo_clip_loss(
         logp_old: same shape, behaviour-policy log-probs (detached here).
         advantages: ``[B, T]`` or ``[B]`` (detached here).
         mask: same shape as ``logp_new`` or ``None``. clip_eps: ε > 0.
+        diagnostics: compute the :class:`PPOInfo` statistics (default). With ``False``
+            they are skipped (every field is ``None``): for training steps whose
+            diagnostics are not read. The loss and its gradients are bit-for-bit the same.
 
     Returns:
         ``(loss scalar, PPOInfo)``.
@@ -118,6 +126,8 @@ def ppo_clip_loss(
     ratio = torch.exp(log_ratio)
     surr = torch.minimum(ratio * adv, ratio.clamp(1.0 - eps, 1.0 + eps) * adv)
     loss = -masked_mean(surr, valid)
+    if not diagnostics:
+        return loss, _NO_PPO_INFO
     with torch.no_grad():
         r = ratio.detach()
         lr = log_ratio.detach()
@@ -135,10 +145,14 @@ def ppo_clip_loss(
 
 class ValueInfo(NamedTuple):
     """Diagnostics of the value loss (detached): clip_fraction (of ``V − V_old`` beyond
-    the clip), explained_variance ``1 − Var[R − V] / Var[R]`` (0 when Var[R] = 0)."""
+    the clip), explained_variance ``1 − Var[R − V] / Var[R]`` (0 when Var[R] = 0).
+    Both are ``None`` when :func:`value_loss` was called with ``diagnostics=False``."""
 
-    clip_fraction: Tensor
-    explained_variance: Tensor
+    clip_fraction: Tensor | None
+    explained_variance: Tensor | None
+
+
+_NO_VALUE_INFO = ValueInfo(None, None)
 
 
 def value_loss(
@@ -147,6 +161,7 @@ def value_loss(
     returns: Tensor,
     clip: float | None = None,
     mask: Tensor | None = None,
+    diagnostics: bool = True,
 ) -> tuple[Tensor, ValueInfo]:
     """Critic regression ``½ E[(V − R)²]`` (spec §4 ``L^VF``, spec §5 ``L_V`` with ½).
 
@@ -155,6 +170,9 @@ def value_loss(
     Args:
         values: any shape, differentiable. returns: same shape (targets, detached).
         old_values: same shape, required when ``clip`` is set. mask: same shape or None.
+        diagnostics: compute the :class:`ValueInfo` statistics (default; the explained
+            variance costs a host sync). With ``False`` they are skipped (both fields
+            ``None``); the loss and its gradients are bit-for-bit the same.
 
     Returns:
         ``(loss scalar, ValueInfo)``.
@@ -165,7 +183,6 @@ def value_loss(
     m = check_mask(mask, "mask", values, "values")
     R = returns.detach()
     err = (values - R) ** 2
-    zero = torch.zeros((), dtype=values.dtype, device=values.device)
     if clip is not None:
         c = check_positive(clip, "clip")
         if old_values is None:
@@ -175,13 +192,17 @@ def value_loss(
         vo = old_values.detach()
         v_clipped = vo + (values - vo).clamp(-c, c)
         err = torch.maximum(err, (v_clipped - R) ** 2)
+    elif old_values is not None:
+        check_tensor(old_values, "old_values", floating=True)
+        check_same_shape(values, "values", old_values, "old_values")
+    loss = 0.5 * masked_mean(err, m)
+    if not diagnostics:
+        return loss, _NO_VALUE_INFO
+    zero = torch.zeros((), dtype=values.dtype, device=values.device)
+    if clip is not None:
         clip_frac = masked_mean(((values.detach() - vo).abs() > c).to(values.dtype), m)
     else:
-        if old_values is not None:
-            check_tensor(old_values, "old_values", floating=True)
-            check_same_shape(values, "values", old_values, "old_values")
         clip_frac = zero
-    loss = 0.5 * masked_mean(err, m)
     with torch.no_grad():
         v = values.detach()
         rv = R if m is None else R[m]
