@@ -8,6 +8,11 @@ Suites (each run is a real ``emrl.control.train.train`` run, evaluated every
   "solved" = deterministic evaluation success ≥ 90 % (mean return ≥ 0.8).
 * ``repeat_previous``: popgym ``RepeatPreviousEasy`` (output the suit of the card seen
   4 steps before; returns in [−1, 1]); "solved" = mean evaluation return ≥ 0.9.
+* ``count_recall``: popgym ``CountRecallEasy`` (one deck, two colours; each step shows the
+  dealt card's colour and a queried colour, and the next action must be how many cards of
+  the queried colour have been dealt so far, 0–26; reward ±1/51 per step, so returns lie
+  in [−1, 1]); "solved" = mean evaluation return ≥ 0.9. The transformer memory defaults
+  to 64 steps so that a whole 51-step episode fits.
 * ``ablation``: the gating ablation (Parisotto et al. 2019, spec §8) on one memory task:
   TrXL, TrXL-I and GTrXL with each gate over seeds × learning rates; a run *diverges* if
   its loss / outputs become non-finite (it raises) and *fails* if its final evaluation is
@@ -49,7 +54,12 @@ BSUITE_MEMORY_LEN_ID = {1: 0, 2: 1, 3: 2, 4: 3, 5: 4, 6: 5, 7: 6, 8: 7, 9: 8, 10
 # Small memory-core sizes for CPU benchmarks (spec §8's sizes are for GPU Atari runs).
 TRANSFORMER = {"d_model": 64, "n_layers": 2, "n_heads": 4, "d_mlp": 128}
 
-SOLVED = {"memory_len": 0.8, "repeat_previous": 0.9}
+SOLVED = {"memory_len": 0.8, "repeat_previous": 0.9, "count_recall": 0.9}
+
+# popgym tasks: Gymnasium id (registered by emrl's popgym adapter, emrl.control.envs) and
+# default transformer memory length M.
+POPGYM_TASKS = {"repeat_previous": ("popgym-RepeatPreviousEasy-v0", 16),
+                "count_recall": ("popgym-CountRecallEasy-v0", 64)}
 
 
 def env_id(task: str, length: int | None = None) -> str:
@@ -57,12 +67,13 @@ def env_id(task: str, length: int | None = None) -> str:
         if length not in BSUITE_MEMORY_LEN_ID:
             raise SystemExit(f"memory_len length must be one of {sorted(BSUITE_MEMORY_LEN_ID)}")
         return f"bsuite/memory_len/{BSUITE_MEMORY_LEN_ID[length]}"
-    return "popgym-RepeatPreviousEasy-v0"
+    return POPGYM_TASKS[task][0]
 
 
 def make_config(args, task: str, length: int | None, core: str, gate: str, algo: str, seed: int,
                 lr: float) -> ControlConfig:
-    memory = args.memory_length or ((length or 0) + 2 if task == "memory_len" else 16)
+    memory = args.memory_length or ((length or 0) + 2 if task == "memory_len"
+                                    else POPGYM_TASKS[task][1])
     core_kwargs: dict = {}
     if core in ("trxl", "trxl-i", "gtrxl"):
         core_kwargs = {**TRANSFORMER, "memory_length": memory}
@@ -72,20 +83,22 @@ def make_config(args, task: str, length: int | None, core: str, gate: str, algo:
     for item in args.set:
         key, _, value = item.partition("=")
         overrides[key.replace("-", "_")] = yaml.safe_load(value)
-    return ControlConfig(
+    fields = dict(
         algo=algo, env=env_id(task, length), core=core, core_kwargs=core_kwargs,
         hidden_sizes=[64, 64], total_steps=args.total_steps, seed=seed,
         num_envs=args.num_envs, unroll_length=args.unroll_length, lr=lr,
         anneal_lr=False, epochs=args.epochs, num_minibatches=args.num_minibatches,
         gamma=args.gamma, gae_lambda=0.95, ent_coef=args.ent_coef,
         eval_every=args.eval_every, eval_episodes=args.eval_episodes,
-        checkpoint_every=0, num_threads=1, **overrides,
+        checkpoint_every=0, num_threads=1,
     )
+    return ControlConfig(**{**fields, **overrides})  # --set wins over the options above
 
 
 def run_one(args, task, length, core, gate, algo, seed, lr) -> dict:
     cfg = make_config(args, task, length, core, gate, algo, seed, lr)
-    name = f"{task}{length or ''}-{algo}-{core}{'-' + gate if core == 'gtrxl' else ''}-lr{lr:g}-s{seed}"
+    name = (f"{task}{length or ''}-{algo}-{core}{'-' + gate if core == 'gtrxl' else ''}-lr{lr:g}-s{seed}"
+            f"-{cfg.total_steps}{''.join('-' + o for o in args.set)}")  # distinct per sweep setting
     run_dir = Path(args.runs_dir) / name
     torch.manual_seed(seed)
     t0 = time.perf_counter()
@@ -147,7 +160,7 @@ def sweep(args) -> None:
                         row["host"] = f"{platform.machine()} {torch.get_num_threads()} thread(s)"
                         with jsonl.open("a") as f:
                             f.write(json.dumps(row) + "\n")
-                        print(json.dumps({k: row[k] for k in ("env", "algo", "core", "gate", "seed",
+                        print(json.dumps({k: row.get(k) for k in ("env", "algo", "core", "gate", "seed",
                                                                "lr", "final_eval", "solved_at_steps",
                                                                "solved_at_s", "wall_s", "status")}),
                               flush=True)
@@ -182,14 +195,14 @@ def report(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("suite", choices=["memory_len", "repeat_previous", "ablation", "report"])
+    p.add_argument("suite", choices=["memory_len", *POPGYM_TASKS, "ablation", "report"])
     p.add_argument("--jsonl", required=True, help="results file (one JSON line per run; appended)")
     p.add_argument("--lengths", type=int, nargs="+", default=[10, 30])
     p.add_argument("--cores", nargs="+", default=["gtrxl", "lstm", "mlp"])
-    p.add_argument("--gate", default="gru", help="gate of gtrxl in the memory_len/repeat_previous suites")
+    p.add_argument("--gate", default="gru", help="gate of gtrxl in the memory_len/popgym suites")
     p.add_argument("--gates", nargs="+", default=["gru", "output", "input", "highway", "sigmoid-tanh"],
                    help="ablation: gtrxl gates (trxl and trxl-i always run)")
-    p.add_argument("--ablation-task", default="repeat_previous", choices=["memory_len", "repeat_previous"])
+    p.add_argument("--ablation-task", default="repeat_previous", choices=["memory_len", *POPGYM_TASKS])
     p.add_argument("--algos", nargs="+", default=["vmpo"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--lrs", type=float, nargs="+", default=[5e-4])
