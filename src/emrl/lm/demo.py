@@ -126,6 +126,16 @@ def run_demo(dc: DemoConfig, output_dir: str | Path, *, overwrite: bool = False)
     return summary
 
 
+def _plot_accuracy(ax, records: list[dict]) -> None:
+    """Held-out greedy and sampled accuracy of the records that carry an evaluation."""
+    ev = [r for r in records if r.get("eval/accuracy") is not None]
+    ax.plot([r["step"] for r in ev], [r["eval/accuracy"] for r in ev], "o-", color="tab:blue",
+            label="held-out greedy accuracy")
+    evs = [r for r in ev if r.get("eval/sampled_accuracy") is not None]
+    ax.plot([r["step"] for r in evs], [r["eval/sampled_accuracy"] for r in evs], "s--", color="tab:cyan",
+            label="held-out sampled accuracy")
+
+
 def _plot(sft: list[dict], rl: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -140,12 +150,7 @@ def _plot(sft: list[dict], rl: list[dict], path: Path) -> None:
     ax.set_xlabel("SFT update")
     ax.set_ylabel("loss")
     ax2 = ax.twinx()
-    ev = [r for r in sft if r.get("eval/accuracy") is not None]
-    ax2.plot([r["step"] for r in ev], [r["eval/accuracy"] for r in ev], "o-", color="tab:blue",
-             label="held-out greedy accuracy")
-    evs = [r for r in ev if r.get("eval/sampled_accuracy") is not None]
-    ax2.plot([r["step"] for r in evs], [r["eval/sampled_accuracy"] for r in evs], "s--", color="tab:cyan",
-             label="held-out sampled accuracy")
+    _plot_accuracy(ax2, sft)
     ax2.set_ylabel("accuracy")
     ax2.set_ylim(0, 1)
     ax.set_title("SFT (delta target)")
@@ -161,12 +166,7 @@ def _plot(sft: list[dict], rl: list[dict], path: Path) -> None:
     xr = [r["step"] for r in rl if r.get("reward/mean") is not None]
     ax.plot(xr, [r["reward/mean"] for r in rl if r.get("reward/mean") is not None], color="tab:orange",
             lw=0.8, label="training reward (sampled)")
-    ev = [r for r in rl if r.get("eval/accuracy") is not None]
-    ax.plot([r["step"] for r in ev], [r["eval/accuracy"] for r in ev], "o-", color="tab:blue",
-            label="held-out greedy accuracy")
-    evs = [r for r in ev if r.get("eval/sampled_accuracy") is not None]
-    ax.plot([r["step"] for r in evs], [r["eval/sampled_accuracy"] for r in evs], "s--", color="tab:cyan",
-            label="held-out sampled accuracy")
+    _plot_accuracy(ax, rl)
     ax.set_xlabel("V-MPO update")
     ax.set_ylim(0, 1)
     ax.set_title("V-MPO from the SFT model")
