@@ -159,7 +159,7 @@ def test_lstm_agent_trains_with_env_minibatches(tmp_path, algo):
 
 
 def test_clip_grad_norm_matches_torch():
-    from emrl.control.train import clip_grad_norm
+    from emrl.control.fastopt import clip_grad_norm
 
     torch.manual_seed(0)
     for scale in (0.01, 10.0):  # below and above the bound
@@ -183,7 +183,7 @@ def test_adam_step_is_bit_identical_to_opt_step(fused):
     load_state_dict mid-way (the cache must follow the new state)."""
     import copy
 
-    from emrl.control.train import AdamStep
+    from emrl.control.fastopt import AdamStep
 
     torch.manual_seed(0)
     a = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7)),

@@ -76,7 +76,7 @@ class ControlConfig:
     keep_checkpoints: int = cfg_field(2, "checkpoints kept on disk")
     log_every: int = cfg_field(1, "log metrics every this many updates")
     tensorboard: bool = cfg_field(False, "also write TensorBoard scalars to DIR/tensorboard")
-    num_threads: int = cfg_field(1, "torch threads (1 is fastest for small agents on a shared CPU; see benchmarks/results/control_threads.md)")
+    num_threads: int = cfg_field(1, "torch threads (1 is fastest for small agents on a shared CPU; see benchmarks/results/control_speed.md)")
     device: str = cfg_field("cpu", "torch device")
 
     def validate(self) -> None:

@@ -20,7 +20,6 @@ checkpoints live here once.
 
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.optim.adam import adam as _functional_adam
 
 from emrl.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint
 from emrl.config import from_dict, load_yaml, to_dict
@@ -37,6 +35,7 @@ from emrl.control.algos import Algorithm, build_algorithm
 from emrl.control.config import ControlConfig
 from emrl.control.envs import RunningMeanStd, make_env, make_vec_env, obs_shape
 from emrl.control.evaluate import evaluate
+from emrl.control.fastopt import AdamStep, FlatParameters, clip_grad_norm, make_adam
 from emrl.control.rollout import Actor, Batch
 from emrl.errors import CheckpointError
 from emrl.metrics import MetricsWriter
@@ -46,11 +45,6 @@ from emrl.progress import progress
 from emrl.rundir import RunDir
 from emrl.seeding import get_rng_state, seed_everything, set_rng_state
 from emrl.threads import configure_threads
-
-# AdamStep relies on torch internals; on a torch without them it always uses opt.step().
-_FAST_ADAM_OK = hasattr(torch, "_fused_adam_") and "decoupled_weight_decay" in inspect.signature(
-    _functional_adam
-).parameters
 
 
 @dataclass
@@ -150,11 +144,14 @@ def train(
         agent = build_agent(cfg, envs.single_observation_space, envs.single_action_space).to(device)
         algo: Algorithm = build_algorithm(cfg, agent)
         params_list = list(agent.parameters())
-        groups = [{"params": params_list}]
+        # the agent's parameters and gradients as views of one tensor each: Adam and the
+        # gradient clipping then run on one tensor (same updates; emrl.control.fastopt)
+        flat = FlatParameters(params_list) if FlatParameters.supported(params_list) else None
+        groups = [{"params": [flat.param] if flat is not None else params_list}]
         dual_params = algo.dual_parameters()
         if dual_params:  # η, α: own group, not annealed, not clipped
             groups.append({"params": dual_params, "lr": cfg.dual_lr or cfg.lr})
-        opt = _adam(groups, cfg, device)
+        opt = make_adam(groups, cfg.lr, cfg.adam_eps)
         obs_rms = RunningMeanStd(obs_shape(envs.single_observation_space)) if cfg.normalize_obs else None
         batch_steps = cfg.num_envs * cfg.unroll_length
         num_updates = max(1, cfg.total_steps // batch_steps)
@@ -218,13 +215,17 @@ def train(
                         last = i == cfg.num_minibatches - 1 and (
                             epoch == cfg.epochs - 1 or algo.may_stop_early)
                         loss, m = algo.loss(params, values, mb, progress=frac, diagnostics=last)
-                    for p in params_list:  # = opt.zero_grad(set_to_none=True), minus its hooks
-                        p.grad = None
+                    if flat is not None:
+                        flat.zero_grad()
+                    else:
+                        for p in params_list:  # = opt.zero_grad(set_to_none=True), minus its hooks
+                            p.grad = None
                     if dual_params:
                         for p in dual_params:
                             p.grad = None
                     loss.backward()
-                    gn = clip_grad_norm(params_list, cfg.max_grad_norm)
+                    gn = clip_grad_norm(params_list, cfg.max_grad_norm,
+                                        flat_grad=flat.grad if flat is not None else None)
                     opt_step()  # = opt.step() (bit-identical), minus its Python layers
                     algo.project_duals()
                     if last:
@@ -277,122 +278,6 @@ def train(
         return final
     finally:
         envs.close()
-
-
-@torch.no_grad()
-def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """Scale the gradients in place so their global L2 norm is at most ``max_norm``;
-    return the norm before clipping (0-dim tensor).
-
-    The formula of ``torch.nn.utils.clip_grad_norm_`` (coefficient
-    ``min(1, max_norm / (norm + 1e-6))``) in a few tensor operations without its per-call
-    Python layers: it runs once per gradient step of small agents. On CPU the scaling is
-    one ``mul_`` per gradient (the same products as ``_foreach_mul_``, at a fraction of
-    its cost there).
-    """
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-    if total.device.type == "cpu":  # per-tensor mul_ (the same products): foreach is slower on CPU
-        for g in grads:
-            g.mul_(coef)
-    else:
-        torch._foreach_mul_(grads, coef)
-    return total
-
-
-class AdamStep:
-    """``opt.step()`` of a ``torch.optim.Adam`` without its per-call Python layers.
-
-    ``Adam.step`` rebuilds its per-group lists of parameters, gradients and state
-    (``_init_group``) and runs profiler/grad-mode wrappers on every call: a noticeable
-    share of a small agent's gradient step. This caches those lists after a regular
-    ``opt.step()`` has created the state, then calls torch's functional
-    ``torch.optim.adam.adam`` (the very function ``Adam.step`` calls, with the group's
-    settings) directly — for a fused group on one device and dtype, the two kernels that
-    function runs (``_foreach_add_`` of the steps, ``_fused_adam_``): the update is
-    bit-for-bit the one of ``opt.step()``.
-
-    It falls back to ``opt.step()`` (and rebuilds the cache) whenever that could differ:
-    before the state exists, when a parameter has no gradient, after
-    ``opt.load_state_dict`` (a new state dict) or a change of ``param_groups`` (another
-    parameter list or length), and
-    for AMSGrad, complex or differentiable settings, or grad scaling.
-    """
-
-    def __init__(self, opt: torch.optim.Adam) -> None:
-        self.opt = opt
-        self._cache: list[tuple[list, list, list, list, list, bool]] | None = None
-        self._state_ref: Any = None
-
-    def __call__(self) -> None:
-        opt = self.opt
-        cache = self._cache
-        if cache is None or opt.state is not self._state_ref or len(cache) != len(opt.param_groups) or any(
-            g["params"] is not c[4] or len(g["params"]) != len(c[0]) or any(p.grad is None for p in g["params"])
-            for g, c in zip(opt.param_groups, cache, strict=True)
-        ):
-            opt.step()
-            self._cache = self._build()
-            return
-        adam = _functional_adam
-        with torch.no_grad():
-            for g, (params, exp_avgs, exp_avg_sqs, steps, _, direct) in zip(opt.param_groups, cache, strict=True):
-                beta1, beta2 = g["betas"]
-                if direct:  # what the functional fused adam runs for one device and dtype
-                    for t in steps:  # = torch._foreach_add_(steps, 1), cheaper on CPU
-                        t.add_(1)
-                    torch._fused_adam_(
-                        params, [p.grad for p in params], exp_avgs, exp_avg_sqs, [], steps,
-                        amsgrad=False, lr=g["lr"], beta1=beta1, beta2=beta2,
-                        weight_decay=g["weight_decay"], eps=g["eps"], maximize=g["maximize"],
-                        grad_scale=None, found_inf=None,
-                    )
-                    continue
-                adam(
-                    params, [p.grad for p in params], exp_avgs, exp_avg_sqs, [], steps,
-                    foreach=g["foreach"], capturable=g["capturable"], differentiable=False,
-                    fused=g["fused"], grad_scale=None, found_inf=None, has_complex=False,
-                    decoupled_weight_decay=g["decoupled_weight_decay"], amsgrad=False,
-                    beta1=beta1, beta2=beta2, lr=g["lr"], weight_decay=g["weight_decay"],
-                    eps=g["eps"], maximize=g["maximize"],
-                )
-
-    def _build(self) -> list[tuple[list, list, list, list, list, bool]] | None:
-        opt = self.opt
-        if not _FAST_ADAM_OK:
-            return None
-        if getattr(opt, "grad_scale", None) is not None or getattr(opt, "found_inf", None) is not None:
-            return None
-        cache = []
-        for g in opt.param_groups:
-            if g.get("amsgrad") or g.get("differentiable") or "decoupled_weight_decay" not in g:
-                return None
-            params = list(g["params"])
-            if any(p.grad is None or torch.is_complex(p) or p.grad.is_sparse
-                   or "exp_avg" not in opt.state.get(p, {}) for p in params):
-                return None
-            st = [opt.state[p] for p in params]
-            steps = [s["step"] for s in st]
-            # the fused kernel called directly: one device and dtype (as torch groups them),
-            # a float learning rate, plain Adam (not AdamW's decoupled decay)
-            direct = (bool(params) and bool(g["fused"]) and not g["decoupled_weight_decay"] and not isinstance(g["lr"], torch.Tensor)
-                      and len({(p.device, p.dtype) for p in params}) == 1
-                      and all(t.device == params[0].device for t in steps))
-            cache.append((params, [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st],
-                          steps, g["params"], direct))
-        self._state_ref = opt.state
-        return cache
-
-
-def _adam(groups: list[dict[str, Any]], cfg: ControlConfig, device: torch.device) -> torch.optim.Adam:
-    """Adam, fused where torch supports it (3x cheaper steps for small CPU agents)."""
-    try:
-        return torch.optim.Adam(groups, lr=cfg.lr, eps=cfg.adam_eps, fused=True)
-    except (RuntimeError, TypeError, ValueError):  # pragma: no cover - older torch / device
-        return torch.optim.Adam(groups, lr=cfg.lr, eps=cfg.adam_eps, foreach=True)
 
 
 def _next_multiple(x: int, every: int) -> int:

@@ -191,11 +191,14 @@ def gae(
     lm = check_unit_interval(lam, "lam")
     v = values.detach()
     delta = rewards.detach() + g * (1.0 - term) * next_values.detach() - v
+    # A_t = δ_t + c_t A_{t+1} with c_t = γλ(1 − done_t): one fused op per step, in place
+    coef = (g * lm) * (1.0 - done)
     adv = torch.empty_like(delta)
-    acc = torch.zeros_like(delta[0])
-    for t in range(delta.shape[0] - 1, -1, -1):
-        acc = delta[t] + g * lm * (1.0 - done[t]) * acc
-        adv[t] = acc
+    T = delta.shape[0]
+    if T:
+        adv[T - 1] = delta[T - 1]
+    for t in range(T - 2, -1, -1):
+        torch.addcmul(delta[t], coef[t], adv[t + 1], out=adv[t])
     return adv, adv + v
 
 
