@@ -86,6 +86,13 @@ def test_vmpo_estep_keeps_the_top_half_and_only_they_move_the_policy():
     adv = batch.extra["adv"]
     assert int(moved.sum()) == adv.numel() // 2
     assert adv[moved].min() >= adv[~moved].max()
+    # one minibatch: S is selected once in prepare and carried with the samples; the
+    # loss equals the one that selects on the minibatch itself
+    assert torch.equal(batch.extra["topk"], moved)
+    mb_own = _full_mb(batch)
+    del mb_own.extra["topk"]
+    loss_own, _ = algo.loss(batch.params.clone(), batch.values.clone(), mb_own, progress=1.0)
+    assert torch.equal(loss.detach(), loss_own.detach())
 
 
 def _alpha_after_step(algo, params, mb) -> tuple[float, float]:

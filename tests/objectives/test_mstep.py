@@ -361,3 +361,30 @@ def test_property_weighted_nll_matches_loops(B, T, per_token, use_mask, log_scal
         loss, info = weighted_nll(lp, mask, w, red)
         assert float(loss) == pytest.approx(val, abs=tol), red
         assert int(info.num_tokens) == n_tok
+
+
+@pytest.mark.parametrize("reduction", ["sum", "token_mean", "seq_mean", "weighted_mean"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_weighted_nll_diagnostics_off_same_loss_and_gradient(reduction, masked):
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(4, 6, generator=g)
+    w = torch.rand(4, generator=g) + 0.1
+    mask = (torch.rand(4, 6, generator=g) > 0.3) if masked else None
+    outs = []
+    for diag in (True, False):
+        lp = base.clone().requires_grad_(True)
+        loss, info = weighted_nll(lp, mask, w, reduction=reduction, diagnostics=diag)
+        loss.backward()
+        outs.append((loss.detach(), lp.grad, info))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    assert outs[0][2].num_tokens is not None and outs[1][2] == (None, None, None, None)
+
+
+def test_logits_nan_scan_follows_the_checks_switch():
+    from emrl.objectives import checks
+
+    bad = torch.tensor([[0.0, float("nan")]])
+    with pytest.raises(ValueError, match="logits_p must not contain NaN"):
+        categorical_kl(bad, torch.zeros(1, 2))
+    with checks(enabled=False):  # the scan is skipped (the caller vouches for the data)
+        categorical_kl(bad, torch.zeros(1, 2))

@@ -234,3 +234,39 @@ def test_property_weights(n, rho, log_scale, log_eta, seed, use_mask):
     ref, chosen, _ = brute_force(adv.double(), eta, rho, mask)
     assert set(torch.nonzero(info.selected).flatten().tolist()) == chosen
     assert torch.allclose(w.double(), torch.tensor(ref, dtype=torch.float64), atol=1e-6)
+
+
+@pytest.mark.parametrize("use_mask", [False, True])
+def test_reused_selection_and_diagnostics_off_give_the_same_step(use_mask):
+    """``selection=`` (a vmpo_topk result reused across steps) and ``diagnostics=False``
+    give the default call's weights (to rounding), loss and dual gradient (exactly)."""
+    g = torch.Generator().manual_seed(3)
+    adv = torch.randn(40, generator=g) * 2.0
+    mask = (torch.rand(40, generator=g) > 0.2) if use_mask else None
+    outs = []
+    for kwargs in ({}, {"selection": vmpo_topk(adv, 0.5, mask), "diagnostics": False}):
+        xi = inverse_temperature_param(0.7).requires_grad_(True)
+        w, loss, info = vmpo_estep(adv, xi, 0.1, 0.5, mask, **kwargs)
+        loss.backward()
+        outs.append((w, loss.detach(), xi.grad.clone(), info))
+    (w0, l0, g0, i0), (w1, l1, g1, i1) = outs
+    torch.testing.assert_close(w1, w0, rtol=1e-6, atol=1e-12)
+    assert torch.equal(l1, l0) and torch.equal(g1, g0)
+    assert torch.equal(i1.selected, i0.selected) and i1.k == i0.k
+    assert i1.selected_fraction == i0.selected_fraction and torch.equal(i1.eta, i0.eta)
+    assert i1.ess is None and i1.weight_entropy is None and i0.ess is not None
+    assert (w1[~i0.selected] == 0).all()
+
+
+def test_selection_is_validated():
+    adv = torch.randn(6)
+    xi = inverse_temperature_param(1.0)
+    sel, k = vmpo_topk(adv, 0.5)
+    with pytest.raises(ValueError, match="selection must be the"):
+        vmpo_estep(adv, xi, 0.1, selection=sel)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"selection\[0\] must be a bool tensor of shape \(6,\)"):
+        vmpo_estep(adv, xi, 0.1, selection=(sel[:3], k))
+    with pytest.raises(ValueError, match=r"selection\[0\]"):
+        vmpo_estep(adv, xi, 0.1, selection=(sel.float(), k))
+    with pytest.raises(ValueError, match=r"selection\[1\] must be an int k >= 1"):
+        vmpo_estep(adv, xi, 0.1, selection=(sel, 0))

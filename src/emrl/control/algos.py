@@ -33,7 +33,7 @@ from emrl.control.agent import Agent
 from emrl.control.config import ControlConfig
 from emrl.control.rollout import Batch
 from emrl.nn.heads import GaussianHead
-from emrl.objectives.estep import inverse_temperature_param, temperature, vmpo_estep
+from emrl.objectives.estep import inverse_temperature_param, temperature, vmpo_estep, vmpo_topk
 from emrl.objectives.mstep import (
     alpha_trust_region,
     categorical_kl,
@@ -190,6 +190,11 @@ class VMPO(Algorithm):
             adv = normalize_advantages(adv)
         batch.extra["adv"] = adv
         batch.extra["returns"] = ret
+        if c.num_minibatches == 1:
+            # one minibatch = all samples (in some order): the top-k set S does not depend
+            # on η, so it is selected once per batch and carried with the samples (k = |S|)
+            selected, _ = vmpo_topk(adv.reshape(-1), c.topk_fraction)
+            batch.extra["topk"] = selected.reshape(adv.shape)
         return {"adv/mean": adv.mean(), "value/target_mean": ret.mean()}
 
     def loss(self, params, values, mb, progress, diagnostics=True):
@@ -197,10 +202,13 @@ class VMPO(Algorithm):
         head = self.agent[0].policy_head
         adv = mb.extra["adv"].reshape(-1)
         # E-step: top-k, weights, temperature dual
-        weights, loss_eta, einfo = vmpo_estep(adv, self.xi_eta, c.eps_eta, c.topk_fraction)
+        sel = mb.extra.get("topk")
+        weights, loss_eta, einfo = vmpo_estep(
+            adv, self.xi_eta, c.eps_eta, c.topk_fraction, diagnostics=diagnostics,
+            selection=None if sel is None else (sel.reshape(-1), int(sel.sum())))
         logp = head.log_prob(params, mb.actions).reshape(1, -1)
         # M-step: weighted maximum likelihood
-        loss_pi, _ = weighted_nll(logp, weights=weights.reshape(1, -1), reduction="sum")
+        loss_pi, _ = weighted_nll(logp, weights=weights.reshape(1, -1), reduction="sum", diagnostics=False)
         # trust region against π_old (the acting policy's stored parameters)
         m: dict[str, Any] = {}
         if self.gaussian:

@@ -160,18 +160,20 @@ class VMPOInfo(NamedTuple):
     ess: effective sample size ``1/Σw²`` of the weights. selected_fraction: ``k/N_valid``.
     weight_entropy: ``-Σ w log w`` (nats). kl_to_uniform: ``KL(w ‖ uniform over S)
     = log k - entropy``; the dual drives it to ``ε_η``. selected: ``[N]`` bool, the set
-    S. k: ``|S|`` (int). max_weight: largest weight (0-dim).
+    S. k: ``|S|`` (int). max_weight: largest weight (0-dim). ``g``, ``ess``,
+    ``weight_entropy``, ``kl_to_uniform`` and ``max_weight`` are ``None`` when
+    :func:`vmpo_estep` was called with ``diagnostics=False``.
     """
 
     eta: Tensor
-    g: Tensor
-    ess: Tensor
+    g: Tensor | None
+    ess: Tensor | None
     selected_fraction: float
-    weight_entropy: Tensor
-    kl_to_uniform: Tensor
+    weight_entropy: Tensor | None
+    kl_to_uniform: Tensor | None
     selected: Tensor
     k: int
-    max_weight: Tensor
+    max_weight: Tensor | None
 
 
 def _num_selected(n_valid: int, top_fraction: float) -> int:
@@ -262,6 +264,9 @@ def vmpo_estep(
     mask: Tensor | None = None,
     param: str = "softplus",
     eta_min: float = 1e-8,
+    *,
+    selection: tuple[Tensor, int] | None = None,
+    diagnostics: bool = True,
 ) -> tuple[Tensor, Tensor, VMPOInfo]:
     """Adaptive-temperature V-MPO E-step (spec §6 "Full Adaptive EM Procedure").
 
@@ -282,6 +287,14 @@ def vmpo_estep(
         mask: ``[N]`` validity or ``None``; masked samples are never selected.
         param: ``"softplus"`` (spec) or ``"log"``.
         eta_min: temperature floor.
+        selection: ``(selected [N] bool, k)`` as returned by :func:`vmpo_topk` for these
+            ``advantages``, ``top_fraction`` and ``mask``, to reuse a selection across
+            steps on the same advantages (the selection does not depend on η); ``None``
+            computes it.
+        diagnostics: compute the :class:`VMPOInfo` statistics (default). With ``False``
+            only ``eta``, ``selected``, ``k`` and ``selected_fraction`` are filled (the
+            rest is ``None``) and the weights are the softmax of the same ``u`` the loss
+            uses: equal to the default's to float rounding.
 
     Returns:
         ``(weights [N], loss_eta, VMPOInfo)``: weights detached (sum 1, zero outside S);
@@ -291,12 +304,15 @@ def vmpo_estep(
     if xi.dim() != 0:
         raise ValueError(f"xi must be a 0-dim tensor, got shape {tuple(xi.shape)}")
     eps = check_positive(eps_eta, "eps_eta")
-    selected, k = vmpo_topk(advantages, top_fraction, mask)
+    if selection is None:
+        selected, k = vmpo_topk(advantages, top_fraction, mask)
+    else:
+        check_tensor(advantages, "advantages", ndim=1, floating=True)
+        selected, k = _check_selection(selection, advantages)
     n_valid = int(mask.bool().sum()) if mask is not None else advantages.shape[0]
     eta = temperature(xi, param, eta_min)
     adv64 = _wide(advantages.detach())
     eta64 = eta.to(adv64.dtype)
-    weights, info = _vmpo_from_selection(adv64, selected, k, eta64.detach(), n_valid)
     # g recomputed with the differentiable η (stable logsumexp over S only)
     u = torch.where(selected, adv64 / eta64, torch.full_like(adv64, -math.inf))
     g = torch.logsumexp(u, dim=0) - math.log(k)
@@ -304,9 +320,29 @@ def vmpo_estep(
     if not bool(torch.isfinite(loss.detach())):
         raise ValueError(
             f"advantages / temperature overflows: max |A| = {float(adv64.abs().max()):.4g} at "
-            f"eta = {float(info.eta):.4g}; rescale the advantages or raise eta_min"
+            f"eta = {float(eta64.detach()):.4g}; rescale the advantages or raise eta_min"
         )
+    if diagnostics:
+        weights, info = _vmpo_from_selection(adv64, selected, k, eta64.detach(), n_valid)
+    else:  # the softmax over S of the same u (exp(-inf) = 0 outside S)
+        weights = torch.softmax(u.detach(), dim=0)
+        info = VMPOInfo(eta=eta64.detach(), g=None, ess=None, selected_fraction=k / n_valid,
+                        weight_entropy=None, kl_to_uniform=None, selected=selected, k=k,
+                        max_weight=None)
     return weights.to(advantages.dtype), loss, info
+
+
+def _check_selection(selection, advantages: Tensor) -> tuple[Tensor, int]:
+    if not (isinstance(selection, tuple) and len(selection) == 2):
+        raise ValueError("selection must be the (selected, k) pair returned by vmpo_topk, "
+                         f"got {type(selection).__name__}")
+    selected, k = selection
+    if not isinstance(selected, Tensor) or selected.dtype != torch.bool or selected.shape != advantages.shape:
+        raise ValueError(f"selection[0] must be a bool tensor of shape {tuple(advantages.shape)} "
+                         "(vmpo_topk's selected)")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"selection[1] must be an int k >= 1 (vmpo_topk's k), got {k!r}")
+    return selected, k
 
 
 # -------------------------------------------------------------------------------- AWR

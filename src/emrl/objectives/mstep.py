@@ -31,6 +31,7 @@ from emrl.objectives._checks import (
     check_same_shape,
     check_tensor,
     check_unit_interval,
+    checks_enabled,
     masked_mean,
 )
 from emrl.objectives.estep import TEMPERATURE_PARAMS, SoftTarget, temperature
@@ -74,7 +75,7 @@ def _check_logits(logits: Tensor, name: str = "logits") -> None:
     check_tensor(logits, name, floating=True, finite=False)
     if logits.dim() < 1 or logits.shape[-1] < 1:
         raise ValueError(f"{name} must have a vocabulary dimension, got {tuple(logits.shape)}")
-    if not bool((logits < float("inf")).all()):
+    if checks_enabled() and not bool((logits < float("inf")).all()):
         raise ValueError(f"{name} must not contain NaN or +inf (-inf is allowed)")
 
 
@@ -154,13 +155,17 @@ class NLLInfo(NamedTuple):
     nll_per_seq: ``[B]`` unweighted ``−Σ_t log π`` over valid tokens. num_tokens: valid
     token count. weight_sum: ``Σ`` of the per-token weights over valid tokens (per-seq
     weights counted once per sequence with a valid token). mean_token_logp: mean log-prob
-    of valid tokens.
+    of valid tokens. All ``None`` when :func:`weighted_nll` was called with
+    ``diagnostics=False``.
     """
 
-    nll_per_seq: Tensor
-    num_tokens: Tensor
-    weight_sum: Tensor
-    mean_token_logp: Tensor
+    nll_per_seq: Tensor | None
+    num_tokens: Tensor | None
+    weight_sum: Tensor | None
+    mean_token_logp: Tensor | None
+
+
+_NO_NLL_INFO = NLLInfo(None, None, None, None)
 
 
 NLL_REDUCTIONS = ("sum", "token_mean", "seq_mean", "weighted_mean")
@@ -171,6 +176,7 @@ def weighted_nll(
     mask: Tensor | None = None,
     weights: Tensor | None = None,
     reduction: str = "sum",
+    diagnostics: bool = True,
 ) -> tuple[Tensor, NLLInfo]:
     """Weighted negative log-likelihood, the M-step of every E-step (spec §6).
 
@@ -191,6 +197,8 @@ def weighted_nll(
             per sample, e.g. control), treated as ``[N, 1]`` with ``mask``/``weights`` ``[N]``.
         mask: ``[B, T]`` or ``None``. weights: ``[B]``, ``[B, T]`` or ``None``; finite,
             detached by the caller if they are a target (they are used as given).
+        diagnostics: compute the :class:`NLLInfo` statistics (default); with ``False``
+            every field is ``None`` and the loss is bit-for-bit the same.
 
     Returns:
         ``(loss scalar, NLLInfo)``.
@@ -219,7 +227,7 @@ def weighted_nll(
     mf = torch.ones_like(token_logp) if m is None else m.to(token_logp.dtype)
     # torch.where keeps a -inf at a masked position from leaking 0 * inf = NaN
     lp = token_logp if m is None else torch.where(m, token_logp, torch.zeros_like(token_logp))
-    contrib = w * mf * lp
+    contrib = w * lp if m is None else w * mf * lp  # (× ones is exact: skipped)
     total = -contrib.sum()
     n_tok = mf.sum()
     if reduction == "sum":
@@ -234,6 +242,8 @@ def weighted_nll(
         if not bool(wsum.detach() > 0):
             raise ValueError("weights must have a positive sum over valid tokens for reduction='weighted_mean'")
         loss = total / wsum
+    if not diagnostics:
+        return loss, _NO_NLL_INFO
     with torch.no_grad():
         info = NLLInfo(
             nll_per_seq=-(mf * lp).sum(dim=1),
