@@ -63,6 +63,30 @@ def test_cli_train_then_eval(tmp_path, capsys):
     agent, cfg, _ = load_agent(out)
     assert cfg.algo == "vmpo" and cfg.total_steps == 512
     assert isinstance(agent.policy_head.linear.weight, torch.Tensor)
+    # --video: the first evaluation episode as an MP4 with one frame per step (+ the reset)
+    rc = cli_main(["control", "eval", "--run", str(out), "--episodes", "2", "--video"])
+    assert rc == 0
+    res = json.loads((out / "eval.json").read_text())
+    videos = sorted((out / "videos").glob("*.mp4"))
+    assert len(videos) == 1
+    import imageio
+
+    reader = imageio.get_reader(str(videos[0]))
+    frames = [f for f in reader]
+    reader.close()
+    assert len(frames) == res["lengths"][0] + 1
+    assert frames[0].ndim == 3 and frames[0].shape[-1] == 3 and frames[0].std() > 0
+
+
+def test_video_of_an_env_without_frames_is_a_clear_error(tmp_path):
+    pytest.importorskip("bsuite")
+    env_id = "bsuite/memory_len/0"
+    cfg = ControlConfig(env=env_id)
+    env = make_env(env_id)
+    agent = build_agent(cfg, env.observation_space, env.action_space)
+    env.close()
+    with pytest.raises(EmrlError, match=r"'bsuite/memory_len/0' cannot render frames.*rgb_array"):
+        evaluate(agent, env_id, episodes=1, video_dir=tmp_path / "videos")
 
 
 def test_cli_refuses_existing_run_without_resume(tmp_path, capsys):

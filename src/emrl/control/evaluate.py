@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,21 @@ def evaluate(
     if episodes < 1:
         raise EmrlError(f"episodes must be >= 1, got {episodes}")
     device = torch.device(device)
-    env = make_env(env_id, render_mode="rgb_array" if video_dir else None)
     if video_dir is not None:
         try:
             import moviepy  # noqa: F401
         except ImportError as e:
+            raise EmrlError("recording a video needs moviepy: pip install 'emrl[video]' "
+                            "(or pip install moviepy)") from e
+        # pygame-rendered envs draw off-screen; no display is needed
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    env = make_env(env_id, render_mode="rgb_array" if video_dir else None)
+    if video_dir is not None:
+        if env.render_mode != "rgb_array":
+            modes = env.metadata.get("render_modes", [])
             env.close()
-            raise EmrlError("recording a video needs moviepy: pip install moviepy") from e
+            raise EmrlError(f"environment {env_id!r} cannot render frames for a video "
+                            f"(render modes: {list(modes)}; 'rgb_array' is needed)")
         env = gym.wrappers.RecordVideo(env, str(video_dir), episode_trigger=lambda i: i == 0,
                                        disable_logger=True)
     discrete = isinstance(env.action_space, gym.spaces.Discrete)
