@@ -11,7 +11,7 @@ Evaluation: ``eval_episodes`` full episodes with the policy's mode (deterministi
 every ``eval_every`` env steps, on separately seeded envs. Writes
 ``benchmarks/results/control_<preset>.md`` (appending nothing: the file is rewritten).
 
-    python benchmarks/control_learning.py --preset cartpole --seeds 0 1 2
+    python benchmarks/control_learning.py --preset cartpole --seeds 0 1 2 [--jobs 2]
 """
 
 from __future__ import annotations
@@ -75,19 +75,35 @@ def main() -> int:
     ap.add_argument("--algos", nargs="+", default=None)
     ap.add_argument("--total-steps", type=int, default=None)
     ap.add_argument("--out", default=None, help="markdown record (default benchmarks/results/control_<preset>.md)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs in parallel, one process each (each uses one torch thread)")
     args = ap.parse_args()
+    if args.jobs < 1:
+        ap.error(f"--jobs must be >= 1, got {args.jobs}")
     p = PRESETS[args.preset]
     algos = args.algos or p["algos"]
+    unknown = [a for a in algos if a not in ("ppo", "vmpo")]
+    if unknown:
+        ap.error(f"unknown algorithm(s) {unknown}; expected ppo or vmpo")
     total = args.total_steps or p["total_steps"]
+    jobs = [(p["env"], algo, seed, total, p["overrides"]) for algo in algos for seed in args.seeds]
     results = []
-    for algo in algos:
-        for seed in args.seeds:
-            r = run_one(p["env"], algo, seed, total, p["overrides"])
-            first = next((s for s, v in r["curve"] if v >= p["target"]), None)
-            r["first_target_step"] = first
-            results.append(r)
-            print(json.dumps({k: v for k, v in r.items() if k != "curve"}), flush=True)
-            print("  curve:", " ".join(f"{s}:{v:.0f}" for s, v in r["curve"]), flush=True)
+
+    def done(r: dict) -> None:
+        r["first_target_step"] = next((s for s, v in r["curve"] if v >= p["target"]), None)
+        results.append(r)
+        print(json.dumps({k: v for k, v in r.items() if k != "curve"}), flush=True)
+        print("  curve:", " ".join(f"{s}:{v:.0f}" for s, v in r["curve"]), flush=True)
+
+    if args.jobs == 1:
+        for job in jobs:
+            done(run_one(*job))
+    else:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(args.jobs) as pool:
+            for r in pool.starmap(run_one, jobs):
+                done(r)
     out = Path(args.out or Path(__file__).parent / "results" / f"control_{args.preset}.md")
     cmd = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]])
     lines = [
@@ -95,7 +111,7 @@ def main() -> int:
         "",
         f"Command: `{cmd}` (from the repository root, `.venv/bin/python`).",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs shared with other jobs (figures taken under contention), "
-        f"torch threads = {ControlConfig().num_threads}; recorded {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        f"torch threads = {ControlConfig().num_threads}, {args.jobs} run(s) at a time; recorded {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         f"Config: library defaults plus `{json.dumps(p['overrides'])}`; total {total} env steps.",
         f"Evaluation: mean undiscounted return of {p['overrides'].get('eval_episodes', 10)} episodes with the policy's mode (deterministic), "
         f"every {p['overrides'].get('eval_every')} env steps and at the end. Target: {p['target']}.",

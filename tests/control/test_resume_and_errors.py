@@ -46,6 +46,52 @@ def test_resume_continues_from_the_latest_checkpoint(tmp_path):
     assert ck8_state["optimizer"]["state"][0]["step"] == 2 * ck4_state["optimizer"]["state"][0]["step"]
 
 
+@pytest.mark.parametrize(("algo", "core"), [("ppo", "mlp"), ("vmpo", "mlp"), ("ppo", "lstm")])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, algo, core):
+    """Sync CartPole envs are snapshotted with the checkpoint: a run killed after
+    checkpoint-4 and resumed ends with exactly the weights, optimiser state and logged
+    rewards of the run that was never interrupted (observation normalisation on; the
+    LSTM's carried state too)."""
+    cfg = _cfg(algo=algo, normalize_obs=True, core=core, lstm_hidden_size=16)
+    train(cfg, tmp_path / "whole")
+    out = tmp_path / "resumed"
+    train(cfg, out)
+    shutil.rmtree(out / "checkpoint-8")
+    shutil.rmtree(out / "final")
+    train(cfg, out, resume=True)
+    a, _ = load_checkpoint(tmp_path / "whole" / "checkpoint-8")
+    b, _ = load_checkpoint(out / "checkpoint-8")
+    for k, v in a["agent"].items():
+        assert torch.equal(v, b["agent"][k]), k
+    for k, v in a["algo"].items():
+        assert torch.equal(v, b["algo"][k]), k
+    assert a["obs_rms"]["count"] == b["obs_rms"]["count"]
+    assert torch.equal(torch.as_tensor(a["obs_rms"]["mean"]), torch.as_tensor(b["obs_rms"]["mean"]))
+
+    def rows(d):
+        return [(r["step"], r["reward/mean"], r.get("train/episode_return"))
+                for r in read_metrics(d / "metrics.jsonl") if "reward/mean" in r]
+
+    assert rows(out) == rows(tmp_path / "whole") and len(rows(out)) == 8
+
+
+def test_resume_without_an_env_snapshot_says_so(tmp_path, capsys):
+    out = tmp_path / "run"
+    train(_cfg(), out)
+    shutil.rmtree(out / "checkpoint-8")
+    shutil.rmtree(out / "final")
+    from emrl.checkpoint import save_checkpoint
+
+    state, meta = load_checkpoint(out / "checkpoint-4")
+    assert state["actor"] is not None  # CartPole pickles
+    state["actor"] = None  # as written for an env that cannot be pickled
+    save_checkpoint(out / "checkpoint-4", state, meta=meta)
+    capsys.readouterr()
+    final = train(_cfg(), out, resume=True)
+    assert final["samples"] == 2048
+    assert "not bit-identical" in capsys.readouterr().err
+
+
 def test_resume_rejects_a_checkpoint_from_another_env(tmp_path):
     out = tmp_path / "run"
     train(_cfg(total_steps=1024), out)

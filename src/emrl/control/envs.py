@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import functools
+import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -217,3 +218,30 @@ class RunningMeanStd:
         self.mean = np.asarray(d["mean"], np.float64)
         self.var = np.asarray(d["var"], np.float64)
         self.count = float(d["count"])
+
+
+# ----------------------------------------------------------------------- snapshots
+def snapshot_envs(envs: gym.vector.VectorEnv) -> bytes | None:
+    """The complete state of a one-process vector env's copies (physics, episode clocks,
+    random generators) as bytes, for an exact resume; ``None`` where that is not
+    possible: an ``AsyncVectorEnv`` (its envs live in other processes) or an env that
+    cannot be pickled (e.g. Box2D worlds, ALE emulators)."""
+    if not isinstance(envs, gym.vector.SyncVectorEnv):
+        return None
+    try:
+        return pickle.dumps(envs.envs)
+    except Exception:  # noqa: BLE001 - any env may refuse to pickle in its own way
+        return None
+
+
+def restore_envs(envs: gym.vector.VectorEnv, blob: bytes) -> None:
+    """Put the copies saved by :func:`snapshot_envs` back into ``envs`` (closing the
+    copies it had). Only load snapshots of your own runs: they are pickles."""
+    if not isinstance(envs, gym.vector.SyncVectorEnv):
+        raise EmrlError("an environment snapshot can only be restored into a sync vector env")
+    restored = pickle.loads(blob)  # noqa: S301 - the run's own checkpoint (sha256-checked)
+    if len(restored) != envs.num_envs:
+        raise EmrlError(f"environment snapshot holds {len(restored)} envs, this run has {envs.num_envs}")
+    for e in envs.envs:
+        e.close()
+    envs.envs = restored

@@ -15,13 +15,14 @@ ends after step t (dones also for truncation); ``next_values[t] = V(s_{t+1})`` w
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
 from emrl.control.agent import Agent
-from emrl.control.envs import RunningMeanStd, check_finite
+from emrl.control.envs import RunningMeanStd, check_finite, restore_envs, snapshot_envs
 from emrl.nn.core import State, index_state
 
 _EMPTY = np.zeros(0, np.float32)
@@ -75,6 +76,14 @@ class EpisodeStats:
         self.returns, self.lengths = [], []
         return r, n
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"ret": self.ret.copy(), "len": self.len.copy(), "returns": list(self.returns),
+                "lengths": list(self.lengths)}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.ret, self.len = sd["ret"].copy(), sd["len"].copy()
+        self.returns, self.lengths = list(sd["returns"]), list(sd["lengths"])
+
 
 class Actor:
     """Carries env observations, core state and reset flags between rollouts."""
@@ -105,6 +114,33 @@ class Actor:
             self.prev_action = torch.zeros(self.n, agent.action_enc_size, device=device)
             self.prev_reward = torch.zeros(self.n, device=device)
         self.stats = EpisodeStats(self.n)
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """Everything the next :meth:`collect` depends on besides the agent, the
+        observation normaliser and the global RNGs: the envs' own state (see
+        :func:`emrl.control.envs.snapshot_envs`), the current observations, core state,
+        reset flags, previous action/reward inputs and unfinished episode statistics.
+        ``None`` when the envs cannot be snapshotted (a resume then starts new episodes)."""
+        blob = snapshot_envs(self.envs)
+        if blob is None:
+            return None
+        sd: dict[str, Any] = {"envs": blob, "obs": self.obs, "state": self.state, "reset": self.reset,
+                              "env_steps": self.env_steps, "stats": self.stats.state_dict()}
+        if self.prev_inputs:
+            sd["prev_action"], sd["prev_reward"] = self.prev_action, self.prev_reward
+        return sd
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        """Continue exactly where :meth:`state_dict` was taken."""
+        restore_envs(self.envs, sd["envs"])
+        dev = self.device
+        self.obs = sd["obs"].to(dev)
+        self.state = tuple(x.to(dev) for x in sd["state"])
+        self.reset = sd["reset"].to(dev)
+        self.env_steps = int(sd["env_steps"])
+        self.stats.load_state_dict(sd["stats"])
+        if self.prev_inputs:
+            self.prev_action, self.prev_reward = sd["prev_action"].to(dev), sd["prev_reward"].to(dev)
 
     def _prep(self, raw: np.ndarray, update: bool) -> torch.Tensor:
         check_finite(self.env_id, self.env_steps, np.asarray(raw), 0.0)

@@ -20,6 +20,7 @@ checkpoints live here once.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,6 +175,17 @@ def train(
         )
         actor = Actor(envs, agent, cfg.env, seed=cfg.seed + 7919 * update0, obs_rms=obs_rms, device=device,
                       reward_scale=cfg.reward_scale)
+        if ckpt_state is not None:
+            if ckpt_state.get("actor") is not None:
+                # exact resume: the envs, observations, core state and episode statistics
+                # as they were (the fresh actor's reset also fed the normaliser: reload it)
+                actor.load_state_dict(ckpt_state["actor"])
+                if obs_rms is not None:
+                    obs_rms.load_state_dict(ckpt_state["obs_rms"])
+            else:
+                print(f"note: {cfg.env} could not be snapshotted with the checkpoint (an env that "
+                      "cannot be pickled, or async vectorization): the resumed run starts new "
+                      "episodes, so it is not bit-identical to an uninterrupted one", file=sys.stderr)
         bar = progress(total=num_updates * batch_steps, desc=f"{cfg.algo} {cfg.env}", unit="step")
         bar.update(update0 * batch_steps)
         next_eval = _next_multiple(env_steps, cfg.eval_every)
@@ -265,7 +277,7 @@ def train(
             bar.set_postfix(postfix, refresh=False)
             if cfg.checkpoint_every and env_steps >= next_ckpt and update + 1 < num_updates:
                 _save(run, cfg, agent, opt, algo, obs_rms, update + 1, env_steps,
-                      writer.elapsed, gen)
+                      writer.elapsed, gen, actor)
                 next_ckpt = _next_multiple(env_steps, cfg.checkpoint_every)
         bar.close()
         final_eval = _evaluate(cfg, agent, obs_rms, device, num_updates)
@@ -273,7 +285,7 @@ def train(
         writer.log(final)
         writer.close()
         _save(run, cfg, agent, opt, algo, obs_rms, num_updates, env_steps,
-              writer.elapsed, gen)
+              writer.elapsed, gen, actor)
         _save_final(run, cfg, agent, obs_rms)
         return final
     finally:
@@ -299,11 +311,11 @@ def _evaluate(cfg: ControlConfig, agent: Agent, obs_rms, device, salt: int) -> f
     return res["mean_return"]
 
 
-def _save(run, cfg, agent, opt, algo, obs_rms, update, env_steps, wall, gen) -> None:
+def _save(run, cfg, agent, opt, algo, obs_rms, update, env_steps, wall, gen, actor) -> None:
     state = {
         "agent": agent.state_dict(), "optimizer": opt.state_dict(), "algo": algo.state_dict(),
         "update": update, "env_steps": env_steps, "wall_time": wall, "rng": get_rng_state(),
-        "minibatch_rng": gen.get_state(),
+        "minibatch_rng": gen.get_state(), "actor": actor.state_dict(),
     }
     if obs_rms is not None:
         state["obs_rms"] = obs_rms.state_dict()
