@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from emrl.control.agent import Agent
-from emrl.control.envs import RunningMeanStd, make_env, make_vec_env
+from emrl.control.envs import RunningMeanStd, make_env, make_vec_env, restore_envs, snapshot_envs
 from emrl.errors import EmrlError
 
 
@@ -138,3 +138,32 @@ def test_encoder_option_errors():
         Agent(env.observation_space, env.action_space, encoder="resnet")
     with pytest.raises(ConfigError, match="encoder must be one of"):
         Agent(env.observation_space, env.action_space, encoder="vit")
+
+
+def test_env_snapshot_restores_the_exact_state_and_refuses_state_losing_pickles():
+    envs = make_vec_env("CartPole-v1", 3)
+    envs.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(15):  # mid-episode, some envs have auto-reset already
+        envs.step(rng.integers(0, 2, 3))
+    blob = snapshot_envs(envs)
+    assert blob is not None
+    actions = [rng.integers(0, 2, 3) for _ in range(40)]
+    first = [envs.step(a)[:4] for a in actions]
+    restore_envs(envs, blob)
+    again = [envs.step(a)[:4] for a in actions]
+    for x, y in zip(first, again, strict=True):
+        for u, v in zip(x, y, strict=True):
+            np.testing.assert_array_equal(u, v)
+    envs.close()
+    # EzPickle envs (Box2D) pickle their constructor arguments, not their state
+    ll = make_vec_env("LunarLander-v3", 2)
+    ll.reset(seed=0)
+    assert snapshot_envs(ll) is None
+    ll.close()
+    with pytest.raises(EmrlError, match="holds 3 envs, this run has 2"):
+        two = make_vec_env("CartPole-v1", 2)
+        try:
+            restore_envs(two, blob)
+        finally:
+            two.close()

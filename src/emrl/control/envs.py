@@ -228,10 +228,27 @@ def snapshot_envs(envs: gym.vector.VectorEnv) -> bytes | None:
     cannot be pickled (e.g. Box2D worlds, ALE emulators)."""
     if not isinstance(envs, gym.vector.SyncVectorEnv):
         return None
+    if not all(_pickles_its_state(e) for e in envs.envs):
+        return None
     try:
         return pickle.dumps(envs.envs)
     except Exception:  # noqa: BLE001 - any env may refuse to pickle in its own way
         return None
+
+
+def _pickles_its_state(env: Any) -> bool:
+    """Whether pickling ``env`` (and every wrapper around it) keeps its state: false for
+    classes with their own pickling, such as Gymnasium's ``EzPickle`` envs (Box2D, Atari),
+    which pickle their constructor arguments and come back as fresh, un-reset envs."""
+    seen = 0
+    while env is not None and seen < 64:
+        cls = type(env)
+        if any(getattr(cls, name) is not getattr(object, name)
+               for name in ("__getstate__", "__reduce__", "__reduce_ex__")):
+            return False
+        env = getattr(env, "env", None) if isinstance(env, gym.Wrapper) else None
+        seen += 1
+    return True
 
 
 def restore_envs(envs: gym.vector.VectorEnv, blob: bytes) -> None:
