@@ -4,7 +4,7 @@ Presets (the exact overrides are printed into the record):
 
 * ``cartpole``    CartPole-v1, 100k steps, library defaults; target: eval ≥ 475.
 * ``lunarlander`` LunarLander-v3, 1M steps, overrides below; target: deterministic eval ≥ 200.
-* ``pendulum``    Pendulum-v1 (continuous, Gaussian policy), V-MPO, 200k steps, overrides below;
+* ``pendulum``    Pendulum-v1 (continuous, Gaussian policy), V-MPO, 300k steps, overrides below;
   target (for the table): eval ≥ -200.
 
 Evaluation: ``eval_episodes`` full episodes with the policy's mode (deterministic)
@@ -47,7 +47,7 @@ PRESETS: dict[str, dict] = {
                       "eval_episodes": 10, "checkpoint_every": 0},
     },
     "pendulum": {
-        "env": "Pendulum-v1", "algos": ["vmpo"], "total_steps": 200_000, "target": -200.0,
+        "env": "Pendulum-v1", "algos": ["vmpo"], "total_steps": 300_000, "target": -200.0,
         "overrides": {"gamma": 0.95, "gae_lambda": 0.95, "epochs": 10, "unroll_length": 64,
                       "normalize_obs": True, "reward_scale": 0.1, "vmpo_norm_adv": True,
                       "eval_every": 10_000, "eval_episodes": 10},
