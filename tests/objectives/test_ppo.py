@@ -171,12 +171,13 @@ def test_clip_loss_diagnostics_off_same_loss_and_gradients(level, masked):
 
 
 @pytest.mark.parametrize("clip", [None, 0.05])
-def test_value_loss_diagnostics_off_same_loss_and_gradients(clip):
+@pytest.mark.parametrize(("n", "masked"), [(32, True), (32, False), (4099, False)])
+def test_value_loss_diagnostics_off_same_loss_and_gradients(clip, n, masked):
     gen = torch.Generator().manual_seed(4)
-    base = torch.randn(32, generator=gen)
-    old = base + 0.2 * torch.randn(32, generator=gen)
-    ret = torch.randn(32, generator=gen)
-    mask = torch.rand(32, generator=gen) > 0.25
+    base = torch.randn(n, generator=gen)
+    old = base + 0.2 * torch.randn(n, generator=gen)
+    ret = torch.randn(n, generator=gen)
+    mask = (torch.rand(n, generator=gen) > 0.25) if masked else None
     out = []
     for diag in (True, False):
         v = base.clone().requires_grad_()
