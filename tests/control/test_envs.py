@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -30,6 +31,43 @@ def test_vector_env_same_step_autoreset(mode):
         assert ended
     finally:
         envs.close()
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1", "LunarLander-v3"])
+def test_lean_sync_vector_env_returns_what_gymnasium_returns(env_id):
+    """LeanSyncVectorEnv (what make_vec_env uses for Box observations) gives exactly the
+    outputs of Gymnasium's SyncVectorEnv with SAME_STEP autoreset, episode ends and
+    truncations included."""
+    import functools
+
+    from emrl.control.envs import LeanSyncVectorEnv, _make_single
+
+    fns = [functools.partial(_make_single, env_id) for _ in range(3)]
+    lean = make_vec_env(env_id, 3)
+    assert isinstance(lean, LeanSyncVectorEnv)
+    ref = gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    assert lean.observation_space == ref.observation_space and lean.action_space == ref.action_space
+    try:
+        for x, y in zip(lean.reset(seed=5)[0], ref.reset(seed=5)[0], strict=True):
+            np.testing.assert_array_equal(x, y)
+        ref.action_space.seed(1)
+        ends = 0
+        for _ in range(260):  # Pendulum truncates at 200 steps; CartPole/LunarLander end earlier
+            a = ref.action_space.sample()
+            out, exp = lean.step(a.copy()), ref.step(a)
+            for u, v in zip(out[:4], exp[:4], strict=True):
+                np.testing.assert_array_equal(u, v)
+                assert u.dtype == v.dtype
+            assert sorted(out[4]) == sorted(exp[4])
+            if "final_obs" in exp[4]:
+                ends += 1
+                np.testing.assert_array_equal(out[4]["_final_obs"], exp[4]["_final_obs"])
+                for i in np.nonzero(exp[4]["_final_obs"])[0]:
+                    np.testing.assert_array_equal(out[4]["final_obs"][i], exp[4]["final_obs"][i])
+        assert ends > 0
+    finally:
+        lean.close()
+        ref.close()
 
 
 def test_unknown_vectorization():

@@ -165,10 +165,84 @@ def make_vec_env(
     ]
     mode = gym.vector.AutoresetMode.SAME_STEP
     if vectorization == "sync":
+        if LeanSyncVectorEnv.supports(probe.observation_space, probe.action_space):
+            return LeanSyncVectorEnv(fns)
         return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
     if vectorization == "async":
         return gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode)
     raise EmrlError(f"unknown vectorization {vectorization!r}; expected 'sync' or 'async'")
+
+
+class LeanSyncVectorEnv(gym.vector.VectorEnv):
+    """One-process vector env with ``SAME_STEP`` autoreset and little per-step overhead.
+
+    It returns what ``gym.vector.SyncVectorEnv(fns, autoreset_mode=SAME_STEP)`` returns
+    (observations, float64 rewards, termination / truncation flags, and infos with
+    ``final_obs`` / ``final_info`` and their masks, merged as Gymnasium merges them) and
+    calls the sub-envs identically (same seeds, same ``reset()`` on episode ends), so a
+    run gives the same numbers with either. What it leaves out is Gymnasium's generic
+    machinery around each step: batching through single-dispatch helpers, and
+    NumPy-scalar actions (``Discrete`` actions are passed as Python ints, which the
+    envs' own action checks accept at a fraction of the cost). Used for ``Box``
+    observations with ``Discrete`` or ``Box`` actions; anything else gets Gymnasium's
+    ``SyncVectorEnv``.
+    """
+
+    def __init__(self, env_fns: list[Callable[[], gym.Env]]) -> None:
+        self.envs = [fn() for fn in env_fns]
+        self.num_envs = len(self.envs)
+        first = self.envs[0]
+        self.metadata = {**first.metadata, "autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
+        self.render_mode = first.render_mode
+        self.spec = first.spec
+        self.single_observation_space = first.observation_space
+        self.single_action_space = first.action_space
+        self.observation_space = gym.vector.utils.batch_space(first.observation_space, self.num_envs)
+        self.action_space = gym.vector.utils.batch_space(first.action_space, self.num_envs)
+        self._discrete = isinstance(first.action_space, gym.spaces.Discrete)
+        self._obs = np.zeros((self.num_envs, *first.observation_space.shape),
+                             dtype=first.observation_space.dtype)
+
+    @staticmethod
+    def supports(observation_space: gym.Space, action_space: gym.Space) -> bool:
+        return type(observation_space) is gym.spaces.Box and isinstance(
+            action_space, (gym.spaces.Discrete, gym.spaces.Box))
+
+    def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
+        if seed is None:
+            seeds: list[int | None] = [None] * self.num_envs
+        elif isinstance(seed, int):
+            seeds = [seed + i for i in range(self.num_envs)]
+        else:
+            seeds = list(seed)
+            if len(seeds) != self.num_envs:
+                raise EmrlError(f"reset: {len(seeds)} seeds for {self.num_envs} envs")
+        infos: dict[str, Any] = {}
+        for i, (env, s) in enumerate(zip(self.envs, seeds, strict=True)):
+            self._obs[i], info = env.reset(seed=s, options=options)
+            infos = self._add_info(infos, info, i)
+        return self._obs.copy(), infos
+
+    def step(self, actions):
+        n = self.num_envs
+        acts = actions.tolist() if self._discrete else list(actions)
+        rewards = np.zeros(n, np.float64)
+        terminated = np.zeros(n, np.bool_)
+        truncated = np.zeros(n, np.bool_)
+        infos: dict[str, Any] = {}
+        for i, env in enumerate(self.envs):
+            obs, rewards[i], terminated[i], truncated[i], info = env.step(acts[i])
+            if terminated[i] or truncated[i]:
+                infos = self._add_info(infos, {"final_obs": obs, "final_info": info}, i)
+                obs, info = env.reset()
+            self._obs[i] = obs
+            if info:
+                infos = self._add_info(infos, info, i)
+        return self._obs.copy(), rewards, terminated, truncated, infos
+
+    def close_extras(self, **kwargs: Any) -> None:
+        for env in self.envs:
+            env.close()
 
 
 # ------------------------------------------------------------------ checks/stats
@@ -226,7 +300,7 @@ def snapshot_envs(envs: gym.vector.VectorEnv) -> bytes | None:
     random generators) as bytes, for an exact resume; ``None`` where that is not
     possible: an ``AsyncVectorEnv`` (its envs live in other processes) or an env that
     cannot be pickled (e.g. Box2D worlds, ALE emulators)."""
-    if not isinstance(envs, gym.vector.SyncVectorEnv):
+    if not isinstance(envs, (gym.vector.SyncVectorEnv, LeanSyncVectorEnv)):
         return None
     if not all(_pickles_its_state(e) for e in envs.envs):
         return None
@@ -254,7 +328,7 @@ def _pickles_its_state(env: Any) -> bool:
 def restore_envs(envs: gym.vector.VectorEnv, blob: bytes) -> None:
     """Put the copies saved by :func:`snapshot_envs` back into ``envs`` (closing the
     copies it had). Only load snapshots of your own runs: they are pickles."""
-    if not isinstance(envs, gym.vector.SyncVectorEnv):
+    if not isinstance(envs, (gym.vector.SyncVectorEnv, LeanSyncVectorEnv)):
         raise EmrlError("an environment snapshot can only be restored into a sync vector env")
     restored = pickle.loads(blob)  # noqa: S301 - the run's own checkpoint (sha256-checked)
     if len(restored) != envs.num_envs:
