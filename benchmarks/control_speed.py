@@ -84,6 +84,7 @@ def main() -> int:
                     help="env steps of each thread-sweep run (threads > 1 can be very slow on a busy machine)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "control_speed.md"))
     args = ap.parse_args()
+    load0 = os.getloadavg()[0]
     emrl, sb3, vmpo = [], [], []
     sweep: dict[int, list[tuple[float, float]]] = {t: [] for t in args.threads}
     for i in range(args.repeats):
@@ -110,10 +111,10 @@ def main() -> int:
     lines = [
         f"# Control speed: emrl vs Stable-Baselines3 PPO on {args.env}",
         "",
-        f"Command: `{cmd}` (repository root, `.venv/bin/python`, under `nice -n 10`).",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs shared with other agents' jobs: "
-        "wall-clock figures taken under heavy contention; CPU-time figures are the fairer "
-        "comparison. torch threads = 1 for both unless stated.",
+        f"Command: `{cmd}` (repository root, `.venv/bin/python`, niceness {os.nice(0)}).",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs; load average before the run "
+        f"{load0:.2f} (other jobs inflate the wall-clock figures more than the CPU-time "
+        "ones, the fairer comparison). torch threads = 1 for both unless stated.",
         f"Recorded {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {args.steps} env steps per run, "
         f"{args.repeats} interleaved repeats; medians.",
         "",
