@@ -68,6 +68,47 @@ def run_one(env: str, algo: str, seed: int, total: int, overrides: dict) -> dict
             "steps_per_s_median": sorted(sps)[len(sps) // 2] if sps else None}
 
 
+def plot_curves(results: list[dict], title: str, target: float, path: Path) -> None:
+    """Evaluation return against env steps, one line per (algorithm, seed), with the target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"ppo": "tab:blue", "vmpo": "tab:orange"}
+    styles = ["-", "--", ":", "-."]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in results:
+        xs, ys = zip(*r["curve"], strict=True)
+        ax.plot(xs, ys, styles[r["seed"] % len(styles)], color=colors.get(r["algo"], "tab:gray"),
+                lw=1.2, label=f"{r['algo']} seed {r['seed']}")
+    ax.axhline(target, color="black", lw=0.8, alpha=0.6, label=f"target {target:g}")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("deterministic evaluation return")
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def read_record(path: Path) -> list[dict]:
+    """The curves of a record written by this script (its "- algo seed N: step: value, ..." lines)."""
+    results = []
+    for line in Path(path).read_text().splitlines():
+        if not line.startswith("- ") or " seed " not in line or ": " not in line:
+            continue
+        head, _, rest = line[2:].partition(": ")
+        algo, _, seed = head.partition(" seed ")
+        if not seed.isdigit():
+            continue
+        curve = [(int(a), float(b)) for a, b in (pt.split(": ") for pt in rest.split(", "))]
+        results.append({"algo": algo, "seed": int(seed), "curve": curve})
+    if not results:
+        raise SystemExit(f"{path}: no curves found (not a record of this script?)")
+    return results
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), required=True)
@@ -77,6 +118,8 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="markdown record (default benchmarks/results/control_<preset>.md)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs in parallel, one process each (each uses one torch thread)")
+    ap.add_argument("--replot", action="store_true",
+                    help="only redraw the PNG of the preset's existing record (or --out) from its curves")
     args = ap.parse_args()
     if args.jobs < 1:
         ap.error(f"--jobs must be >= 1, got {args.jobs}")
@@ -86,6 +129,12 @@ def main() -> int:
     if unknown:
         ap.error(f"unknown algorithm(s) {unknown}; expected ppo or vmpo")
     total = args.total_steps or p["total_steps"]
+    out = Path(args.out or Path(__file__).parent / "results" / f"control_{args.preset}.md")
+    title = f"{p['env']}: evaluation return ({args.preset} preset)"
+    if args.replot:
+        plot_curves(read_record(out), title, p["target"], out.with_suffix(".png"))
+        print(f"wrote {out.with_suffix('.png')}")
+        return 0
     jobs = [(p["env"], algo, seed, total, p["overrides"]) for algo in algos for seed in args.seeds]
     results = []
 
@@ -104,7 +153,6 @@ def main() -> int:
         with mp.get_context("spawn").Pool(args.jobs) as pool:
             for r in pool.starmap(run_one, jobs):
                 done(r)
-    out = Path(args.out or Path(__file__).parent / "results" / f"control_{args.preset}.md")
     cmd = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]])
     lines = [
         f"# Control learning curves: {p['env']} ({args.preset})",
@@ -133,9 +181,11 @@ def main() -> int:
     lines += ["", "Curves (env step: eval return):", ""]
     for r in results:
         lines.append(f"- {r['algo']} seed {r['seed']}: " + ", ".join(f"{s}: {v:.1f}" for s, v in r["curve"]))
+    lines += ["", f"![curves]({out.with_suffix('.png').name})"]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}")
+    plot_curves(results, title, p["target"], out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png').name}")
     return 0
 
 
