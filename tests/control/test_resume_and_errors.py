@@ -92,6 +92,26 @@ def test_resume_without_an_env_snapshot_says_so(tmp_path, capsys):
     assert "not bit-identical" in capsys.readouterr().err
 
 
+def test_resume_with_an_optimizer_state_of_another_layout_is_a_clear_error(tmp_path):
+    """A checkpoint whose optimizer holds one state per parameter tensor (the layout
+    before FlatParameters) cannot be resumed into the flat optimizer: CheckpointError."""
+    from emrl.checkpoint import save_checkpoint
+
+    out = tmp_path / "run"
+    train(_cfg(), out)
+    state, meta = load_checkpoint(out / "checkpoint-4")
+    env = make_env("CartPole-v1")
+    agent = build_agent(_cfg(), env.observation_space, env.action_space)
+    env.close()
+    per_tensor = torch.optim.Adam(agent.parameters(), lr=1e-3)
+    state["optimizer"] = per_tensor.state_dict()
+    save_checkpoint(out / "checkpoint-4", state, meta=meta)
+    shutil.rmtree(out / "checkpoint-8")
+    shutil.rmtree(out / "final")
+    with pytest.raises(CheckpointError, match="optimizer state does not fit"):
+        train(_cfg(), out, resume=True)
+
+
 def test_resume_rejects_a_checkpoint_from_another_env(tmp_path):
     out = tmp_path / "run"
     train(_cfg(total_steps=1024), out)

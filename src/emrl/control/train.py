@@ -160,7 +160,14 @@ def train(
         gen = torch.Generator().manual_seed(cfg.seed)
         if ckpt_state is not None:
             agent.load_state_dict(ckpt_state["agent"])
-            opt.load_state_dict(ckpt_state["optimizer"])
+            try:
+                opt.load_state_dict(ckpt_state["optimizer"])
+            except ValueError as e:  # another parameter layout (e.g. an emrl before the flat one)
+                raise CheckpointError(
+                    f"checkpoint {ckpt_path}: its optimizer state does not fit this agent's "
+                    f"parameters ({e}); it was written by another emrl version or agent configuration. "
+                    "Start a new run (or resume with the emrl version that wrote it)"
+                ) from e
             algo.load_state_dict(ckpt_state["algo"])
             if obs_rms is not None:
                 obs_rms.load_state_dict(ckpt_state["obs_rms"])
