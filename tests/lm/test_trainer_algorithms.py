@@ -131,7 +131,8 @@ def test_dar_weights_equal_vmpo_weights_as_alpha_to_zero(tmp_path):
     with torch.no_grad():
         b["ref_logp"] = b["ref_logp"] + torch.randn_like(b["ref_logp"]) * b["completion_mask"]
     dar.algo.estep(dar, b)
-    vm = make_trainer(rl_config(algo="vmpo", adaptive_temperature=False, eta_init=eta, top_fraction=1.0),
+    vm = make_trainer(rl_config(algo="vmpo", adaptive_temperature=False, eta_init=eta, top_fraction=1.0,
+                                    min_advantage=None),
                       tmp_path, out=None)
     b2 = copy.copy(b)
     b2.tensors = dict(b.tensors)

@@ -29,9 +29,11 @@ def test_run_directory_and_final_loads_with_plain_transformers(tmp_path):
     run = tmp_path / "run"
     assert (run / "config.yaml").is_file()
     recs = read_metrics(run / "metrics.jsonl")
-    assert [r["step"] for r in recs] == [1, 2, 3]
+    # step 0: the start model's held-out evaluation, so the curve starts where training did
+    assert [r["step"] for r in recs] == [0, 1, 2, 3]
+    assert recs[0]["samples"] == 0 and "eval/accuracy" in recs[0] and "loss/policy" not in recs[0]
     for key in ("samples", "wall_time", "loss/policy", "time/update_s", "throughput/tokens_per_s"):
-        assert key in recs[0]
+        assert key in recs[1]
     assert "eval/accuracy" in recs[-1]
     assert json.loads((run / "eval.json").read_text())["accuracy"] == recs[-1]["eval/accuracy"]
     load_checkpoint(run / "checkpoint-2")
@@ -105,17 +107,19 @@ def test_existing_run_needs_resume_or_overwrite(tmp_path):
 
 
 def test_reward_function_raising_names_it_and_keeps_checkpoint(tmp_path):
-    calls = {"n": 0}
+    down = {"now": False}
 
     def flaky_reward(prompts, completions, **_):
-        calls["n"] += 1
-        if calls["n"] > 2:
+        if down["now"]:
             raise RuntimeError("reward server down")
         return digit_fraction(prompts, completions)
 
+    def after(step, rec):  # the server goes down after the second update
+        down["now"] = step >= 2
+
     tr = make_trainer(rl_config(algo="vmpo", max_steps=5, save_every=2), tmp_path, reward=flaky_reward)
     with pytest.raises(EmrlError, match="flaky_reward.*reward server down"):
-        tr.train()
+        tr.train(callback=after)
     state, meta = load_checkpoint(tmp_path / "run" / "checkpoint-2")
     assert meta["step"] == 2
     assert not (tmp_path / "run" / "final").exists()
@@ -168,18 +172,19 @@ class _NaNLoss(VMPO):
 
 
 def test_nonfinite_mstep_loss_is_skipped_and_logged(tmp_path):
-    cfg = rl_config(algo="vmpo", max_steps=3, epochs=2)
+    cfg = rl_config(algo="vmpo", max_steps=3, epochs=2, kl_early_stop=False)
     tr = make_trainer(cfg, tmp_path, algorithm=_NaNLoss(cfg, bad={2}))
     before = {k: v.clone() for k, v in tr.lm.state_dict().items()}
     tr.train()
-    recs = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    recs = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["step"] > 0]
     assert [r["mstep/nonfinite_skipped"] for r in recs] == [1.0, 0.0, 0.0]
     assert all(torch.isfinite(v).all() for v in tr.lm.state_dict().values())
     assert any(not torch.equal(before[k], v) for k, v in tr.lm.state_dict().items())
 
 
 def test_nonfinite_losses_in_a_row_stop_the_run(tmp_path):
-    cfg = rl_config(algo="vmpo", max_steps=5, epochs=2, max_nonfinite_steps=3, save_every=1)
+    cfg = rl_config(algo="vmpo", max_steps=5, epochs=2, max_nonfinite_steps=3, save_every=1,
+                    kl_early_stop=False)
     tr = make_trainer(cfg, tmp_path, algorithm=_NaNLoss(cfg, bad={3, 4, 5, 6, 7, 8}))
     with pytest.raises(EmrlError, match="3 M-step gradient steps in a row"):
         tr.train()
@@ -234,12 +239,13 @@ def test_cli_sft_then_train_with_resume(tmp_path, capsys):
     assert saved["algo"] == "ppo" and saved["num_samples"] == 2 and saved["seed"] == 0
     args = parser.parse_args(["train", "--output-dir", str(rl), "--resume", "--max-steps", "2"])
     assert args.func(args) == 0
-    assert [r["step"] for r in read_metrics(rl / "metrics.jsonl")] == [1, 2]
+    assert [r["step"] for r in read_metrics(rl / "metrics.jsonl")] == [0, 1, 2]  # step 0: start model
 
 
 
 def test_kl_estimators_and_chunking(tmp_path):
-    tr = make_trainer(rl_config(algo="vmpo", max_steps=1, epochs=3, learning_rate=1e-2), tmp_path, out=None)
+    tr = make_trainer(rl_config(algo="vmpo", max_steps=1, epochs=3, learning_rate=1e-2, kl_early_stop=False,
+                                kl_backtrack=None), tmp_path, out=None)
     b = tr.algo.collect(tr, 0)
     tr.algo.estep(tr, b)
     tr._mstep(b)  # move the policy away from pi_old

@@ -270,3 +270,61 @@ def test_selection_is_validated():
         vmpo_estep(adv, xi, 0.1, selection=(sel.float(), k))
     with pytest.raises(ValueError, match=r"selection\[1\] must be an int k >= 1"):
         vmpo_estep(adv, xi, 0.1, selection=(sel, 0))
+
+
+# ------------------------------------------------------------- min_advantage (issue 10)
+def brute_force_positive(adv, eta, rho, thr):
+    """Reference: top-k by (-A, index) among A > thr only, k = min(max(1, ⌊ρN⌋), #{A > thr})."""
+    a = [float(x) for x in adv]
+    k = max(1, math.floor(rho * len(a) + 1e-9))
+    chosen = sorted([i for i in range(len(a)) if a[i] > thr], key=lambda i: (-a[i], i))[:k]
+    w = [0.0] * len(a)
+    if chosen:
+        m = max(a[i] / eta for i in chosen)
+        z = sum(math.exp(a[i] / eta - m) for i in chosen)
+        for i in chosen:
+            w[i] = math.exp(a[i] / eta - m) / z
+    return w, set(chosen)
+
+
+def test_min_advantage_keeps_only_samples_that_beat_their_baseline():
+    # 0/1 rewards in groups of 4 with the group-mean baseline: most advantages are 0.
+    r = torch.tensor([1, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0], dtype=torch.float64)
+    adv = r - r.view(4, 4).mean(1, keepdim=True).expand(4, 4).reshape(-1)
+    # plain top-k with rho = 0.5 selects 8 samples, 5 of them with A <= 0
+    plain, pinfo = vmpo_weights(adv, 0.5, 0.5)
+    assert float(plain[adv <= 0].sum()) > 0.1
+    w, info = vmpo_weights(adv, 0.5, 0.5, min_advantage=0.0)
+    ref, chosen = brute_force_positive(adv, 0.5, 0.5, 0.0)
+    assert chosen == {0, 12, 13}
+    assert info.k == 3 and set(torch.nonzero(info.selected).flatten().tolist()) == chosen
+    assert torch.allclose(w, torch.tensor(ref, dtype=torch.float64), atol=1e-12)
+    assert float(w[adv <= 0].sum()) == 0.0
+    # the adaptive E-step selects the same set and its weights agree at the same eta
+    xi = inverse_temperature_param(torch.tensor(0.5, dtype=torch.float64)).requires_grad_(True)
+    w2, loss, info2 = vmpo_estep(adv, xi, 0.1, top_fraction=0.5, min_advantage=0.0)
+    assert torch.equal(info2.selected, info.selected)
+    assert torch.allclose(w2, w, atol=1e-9)
+
+
+@given(st.lists(st.floats(-5, 5), min_size=1, max_size=40), st.floats(0.05, 1.0),
+       st.floats(0.1, 3.0))
+@settings(max_examples=60, deadline=None)
+def test_min_advantage_matches_brute_force(vals, rho, eta):
+    adv = torch.tensor(vals, dtype=torch.float64)
+    w, info = vmpo_weights(adv, eta, rho, min_advantage=0.0)
+    ref, chosen = brute_force_positive(adv, eta, rho, 0.0)
+    assert info.k == len(chosen)
+    assert torch.allclose(w, torch.tensor(ref, dtype=torch.float64), atol=1e-9)
+
+
+def test_min_advantage_with_nothing_to_select_is_a_finite_no_op():
+    adv = torch.zeros(12)
+    xi = inverse_temperature_param(torch.tensor(1.0)).requires_grad_(True)
+    w, loss, info = vmpo_estep(adv, xi, 0.1, top_fraction=0.25, min_advantage=0.0)
+    assert info.k == 0 and not bool(info.selected.any())
+    assert torch.equal(w, torch.zeros(12))
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and float(xi.grad) == 0.0
+    w2, info2 = vmpo_weights(-torch.ones(5), 1.0, 0.5, min_advantage=0.0)
+    assert info2.k == 0 and torch.equal(w2, torch.zeros(5))

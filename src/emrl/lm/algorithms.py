@@ -255,17 +255,22 @@ class _RL(Algorithm):
         """Add π_old's log-probs (and logits for the exact KL, values for a value head) and
         π_ref's log-probs to a batch of scored completions (eval mode, no gradient)."""
         want_logits = self.uses_trust_region and trainer.cfg.trust_region and \
-            trainer.cfg.kl_estimator == "exact"
-        with torch.no_grad():
-            old = trainer.forward(batch, train=False, need_logits=want_logits,
-                                  need_values=self._value is not None, grad=False)
-        batch["old_logp"] = old.logp
-        if old.logits is not None:
-            batch["old_logits"] = old.logits
-        if old.values is not None:
-            batch["old_values"] = old.values
-            if self.cfg.baseline == "value":
-                batch["old_prompt_values"] = trainer.prompt_values(batch, old.values)
+            trainer.cfg.kl_estimator == "exact" and not trainer.old_logits_from_mstep(len(batch))
+        want_values = self._value is not None
+        # π_old's log-probs usually come from generation (``rollout_batch``); a teacher-forced
+        # pass is needed only for π_old's logits (exact KL, when the first M-step forward
+        # cannot provide them) or the value head's V(s)
+        if want_logits or want_values or "old_logp" not in batch:
+            with torch.no_grad():
+                old = trainer.forward(batch, train=False, need_logits=want_logits,
+                                      need_values=want_values, grad=False)
+            batch["old_logp"] = old.logp
+            if old.logits is not None:
+                batch["old_logits"] = old.logits
+            if old.values is not None:
+                batch["old_values"] = old.values
+                if self.cfg.baseline == "value":
+                    batch["old_prompt_values"] = trainer.prompt_values(batch, old.values)
         if self.ref is not None:
             batch["ref_logp"] = trainer.forward_frozen_logp(self.ref, batch)
         return batch
@@ -294,8 +299,23 @@ class _RL(Algorithm):
         }
         return adv, rewards, metrics
 
-    def _set_weights(self, trainer: LMTrainer, batch: Batch, w_global: Tensor) -> None:
-        """Store this process's slice of the global weights (per sequence or per token)."""
+    def _set_weights(self, trainer: LMTrainer, batch: Batch, w_global: Tensor,
+                     adv: Tensor | None = None) -> dict[str, float]:
+        """Store this process's slice of the global weights (per sequence or per token).
+
+        Returns diagnostics of the target against the advantages ``adv`` (global): the
+        E-step's weight on samples that are no better than their baseline (``A <= 0``) and
+        the fraction of samples that are. An all-zero target marks the update a no-op
+        (``target_empty``: the M-step is skipped).
+        """
+        metrics: dict[str, float] = {}
+        total = float(w_global.sum())
+        self.target_empty = not total > 0.0
+        if adv is not None:
+            nonpos = adv <= 0
+            metrics["estep/weight_nonpositive"] = float(w_global[nonpos].sum()) / total if total > 0 else 0.0
+            metrics["estep/positive_fraction"] = float((~nonpos).float().mean())
+        metrics["estep/empty"] = float(self.target_empty)
         w = trainer.local_slice(w_global, len(batch))
         if self.cfg.weight_level == "token":
             # per-token weights: the sequence's mass spread evenly over its tokens, so each
@@ -303,6 +323,7 @@ class _RL(Algorithm):
             m = batch["completion_mask"].float()
             w = w[:, None] * m / m.sum(1, keepdim=True).clamp(min=1.0)
         batch["weights"] = w
+        return metrics
 
     def loss(self, trainer: LMTrainer, mb: Batch, out: ForwardOut) -> tuple[Tensor, dict[str, float]]:
         loss, metrics = _nll_loss(trainer, mb, out)
@@ -346,19 +367,22 @@ class VMPO(_RL):
 
     def estep(self, trainer: LMTrainer, batch: Batch) -> dict[str, float]:
         adv, _, metrics = self.advantages(trainer, batch)
-        if self.cfg.adaptive_temperature:
-            w, loss_eta, info = O.vmpo_estep(adv, self.xi, self.cfg.eps_eta,
-                                             top_fraction=self.cfg.top_fraction, param=self.cfg.eta_param)
-            self.eta_opt.zero_grad(set_to_none=True)
-            loss_eta.backward()
-            self.eta_opt.step()
+        cfg = self.cfg
+        if cfg.adaptive_temperature:
+            w, loss_eta, info = O.vmpo_estep(adv, self.xi, cfg.eps_eta, top_fraction=cfg.top_fraction,
+                                             param=cfg.eta_param, min_advantage=cfg.min_advantage)
+            if info.k > 0:  # an empty target leaves the temperature where it is
+                self.eta_opt.zero_grad(set_to_none=True)
+                loss_eta.backward()
+                self.eta_opt.step()
             metrics["loss/temperature"] = float(loss_eta.detach())
         else:
-            w, info = O.vmpo_weights(adv, float(self.cfg.eta_init), top_fraction=self.cfg.top_fraction)
+            w, info = O.vmpo_weights(adv, float(cfg.eta_init), top_fraction=cfg.top_fraction,
+                                     min_advantage=cfg.min_advantage)
         metrics.update(_estep_metrics(info))
         metrics["estep/eta"] = float(info.eta)
         metrics["estep/eta_next"] = self.eta()
-        self._set_weights(trainer, batch, w)
+        metrics.update(self._set_weights(trainer, batch, w, adv))
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
@@ -400,7 +424,7 @@ class AWR(_RL):
         w, info = O.awr_weights(adv, self.cfg.awr_temperature, max_weight=self.cfg.awr_max_weight)
         metrics.update(_estep_metrics(info))
         metrics["estep/eta"] = float(self.cfg.awr_temperature)
-        self._set_weights(trainer, batch, w)
+        metrics.update(self._set_weights(trainer, batch, w, adv))
         return metrics
 
 
@@ -428,7 +452,7 @@ class DAR(_RL):
             if v is not None:
                 metrics[f"dar/{name}"] = float(torch.as_tensor(v).float().mean())
         metrics["estep/eta"] = float(self.cfg.dar_alpha + self.cfg.dar_beta)
-        self._set_weights(trainer, batch, w)
+        metrics.update(self._set_weights(trainer, batch, w, adv))
         return metrics
 
 

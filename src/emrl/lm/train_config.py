@@ -58,12 +58,26 @@ class CommonTrainConfig:
     eps_alpha: float = cfg_field(0.01, "KL budget epsilon_alpha of the trust region (nats per token)")
     alpha_init: float = cfg_field(1.0, "initial trust-region multiplier alpha")
     alpha_lr: float = cfg_field(0.05, "learning rate of alpha's dual parameter")
+    dual_schedule: str = cfg_field(
+        "update", "when alpha's dual steps: once per update on the realised KL of the whole M-step "
+        "('update'), or at every gradient step on that minibatch's KL ('step', spec §5 eq. 1 literally)",
+        choices=["update", "step"])
+    kl_early_stop: bool = cfg_field(
+        True, "end the M-step's gradient steps once the measured KL(pi_old || pi_theta) reaches "
+        "eps_alpha: the KL budget, not the learning rate, sets the size of an update")
+    kl_backtrack: float | None = cfg_field(
+        2.0, "after the M-step, scale an update whose realised KL exceeds this x eps_alpha back "
+        "towards pi_old (halving the step) until it does not; None: off (saves a parameter copy)")
     kl_estimator: str = cfg_field(
         "exact", "KL(pi_old||pi_theta): exact from logits, or the sampled k3 estimator for large vocabularies",
         choices=["exact", "k3"])
     kl_chunk_size: int | None = cfg_field(None, "positions per chunk of the exact KL (None: all at once)")
     max_new_tokens: int = cfg_field(8, "longest completion sampled or evaluated")
     eval_every: int = cfg_field(0, "evaluate held-out greedy accuracy every N updates (0: only at the end)")
+    eval_at_start: bool = cfg_field(
+        True, "evaluate the start model before the first update, so every curve starts at step 0")
+    max_minutes: float | None = cfg_field(
+        None, "stop after this many minutes of training (evaluations excluded), even before max_steps")
     eval_num_prompts: int = cfg_field(200, "held-out prompts per evaluation")
     eval_samples: int = cfg_field(4, "samples per prompt for sampled accuracy (0: greedy only)")
     eval_temperature: float = cfg_field(1.0, "temperature of sampled accuracy")
@@ -90,6 +104,12 @@ class CommonTrainConfig:
         _check(self.max_nonfinite_steps >= 1, f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
         _check(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         _check(self.eval_samples >= 0, f"eval_samples must be >= 0, got {self.eval_samples}")
+        _check(self.max_minutes is None or self.max_minutes > 0,
+               f"max_minutes must be > 0 (a training-time budget in minutes) or None, got {self.max_minutes}")
+        _check(self.kl_backtrack is None or self.kl_backtrack >= 1.0,
+               f"kl_backtrack must be >= 1 (a multiple of eps_alpha) or None, got {self.kl_backtrack}")
+        _check(self.dual_schedule in ("update", "step"),
+               f"dual_schedule must be 'update' or 'step', got {self.dual_schedule!r}")
 
 
 @dataclass
@@ -158,6 +178,10 @@ class RLConfig(CommonTrainConfig):
     top_fraction: float = cfg_field(
         0.25, "V-MPO rho: fraction of samples kept by top-k, k = max(1, floor(rho N)); with 0/1 rewards "
         "keep it near the fraction of correct samples so the target holds few wrong ones")
+    min_advantage: float | None = cfg_field(
+        0.0, "V-MPO: select only samples whose advantage exceeds this ('demonstrably good' samples, "
+        "spec §6); with 0/1 rewards and a group baseline, plain top-k (None) fills up with "
+        "zero-advantage ties and the M-step fits wrong answers")
     eps_eta: float = cfg_field(0.1, "V-MPO KL budget epsilon_eta of the temperature dual")
     eta_init: float = cfg_field(1.0, "initial (or, with adaptive_temperature off, fixed) temperature eta")
     eta_lr: float = cfg_field(0.05, "learning rate of the temperature dual parameter xi")

@@ -30,7 +30,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +56,7 @@ from emrl.threads import configure_threads
 #: config fields that may change between a run and its ``--resume`` (they do not change
 #: what is computed, only how long / how often things are logged or saved).
 RESUMABLE_CHANGES = ("max_steps", "save_every", "keep_checkpoints", "log_every", "num_threads",
-                     "tensorboard", "eval_every")
+                     "tensorboard", "eval_every", "max_minutes", "eval_at_start")
 
 
 @dataclass
@@ -228,6 +230,7 @@ class LMTrainer:
         self.step = 0
         self.samples = 0
         self.elapsed = 0.0
+        self.train_time = 0.0  # seconds of updates, evaluations excluded (max_minutes)
         self.nonfinite_in_a_row = 0
         self.data_gen = torch.Generator().manual_seed(cfg.seed)
         self.perm = torch.randperm(len(self.task.train), generator=self.data_gen)
@@ -353,8 +356,11 @@ class LMTrainer:
 
     def rollout_batch(self, ro: Any, rewards: Tensor, rows: Sequence[dict], k: int) -> Batch:
         rows_rep = [r for r in rows for _ in range(k)]
+        # π_old's per-token log-probs come with the samples: generation ran the policy in
+        # eval mode at temperature 1 (``policy_logprobs``), so no second pass is needed
         t = {"input_ids": ro.input_ids.to(self.device), "attention_mask": ro.attention_mask.to(self.device),
-             "completion_mask": ro.completion_mask.to(self.device).bool(), "rewards": rewards.to(self.device)}
+             "completion_mask": ro.completion_mask.to(self.device).bool(), "rewards": rewards.to(self.device),
+             "old_logp": ro.policy_logprobs.to(self.device)}
         return Batch(t, {"prompts": list(ro.prompts), "texts": list(ro.texts), "rows": rows_rep})
 
     # forward passes -------------------------------------------------------------------
@@ -430,11 +436,40 @@ class LMTrainer:
         k3 = O.kl_k3(mb["old_logp"], out.logp)
         return (k3 * m).sum() / m.sum().clamp(min=1)
 
+    def old_logits_from_mstep(self, n_local: int) -> bool:
+        """Whether the first M-step forward can serve as π_old's logits for the exact KL.
+
+        True when that forward sees the whole local batch at θ_old with no dropout noise
+        (no dropout in the model, or ``mstep_dropout`` off) and no value head: it then
+        equals a separate eval-mode pass over the rollouts, which is skipped.
+        """
+        from emrl.lm.models import get_dropout
+
+        cfg = self.cfg
+        whole = cfg.minibatch_size is None or cfg.minibatch_size >= n_local
+        quiet = not cfg.mstep_dropout or get_dropout(self.lm) == 0.0
+        return whole and quiet and self.algo.value_head() is None
+
     def _mstep(self, batch: Batch) -> dict[str, float]:
+        """The M-step of one update (see the module docstring).
+
+        EM algorithms with the trust region (spec §5 eq. 1): gradient steps on
+        ``L_π + sg[α]·KL(π_old‖π_θ)`` over up to ``epochs`` passes, ended early once the
+        measured KL reaches ``ε_α`` (``kl_early_stop``: the KL budget, not the learning
+        rate, sets the step); then the realised KL over the whole batch is measured, an
+        update that overshot ``kl_backtrack × ε_α`` is scaled back towards θ_old (halving),
+        and the dual α takes one step on ``α(ε_α − sg[KL_realised])`` (``dual_schedule=update``)
+        or one per gradient step (``step``, spec eq. 1 literally).
+        """
         cfg, algo, acc = self.cfg, self.algo, self.accelerator
         n = len(batch)
         idx = torch.arange(n)
         trust = algo.uses_trust_region and cfg.trust_region and "old_logp" in batch
+        if getattr(algo, "target_empty", False):
+            # nothing to fit (e.g. no sample beat its baseline): a no-op update, not an
+            # Adam step on a zero gradient (momentum would still move the weights)
+            return {"mstep/skipped": 1.0, "mstep/sequences": 0.0, "mstep/grad_steps": 0.0,
+                    "mstep/kl": 0.0, "_tokens": 0.0}
         # Samples with zero E-step weight add nothing to the weighted NLL; they are still
         # needed where the M-step looks at every state of π_old: the trust region's
         # E_s KL(π_old‖π_θ) (spec §5), a value baseline, and DDP (equal work per process).
@@ -447,21 +482,33 @@ class LMTrainer:
         # sum-reduced losses over normalised weights: rescale a minibatch to a full-batch
         # estimate, and undo DDP's averaging over processes
         self.loss_scale = float(n_mb * self.world)
-        need_logits = algo.needs_logits or (trust and "old_logits" in batch)
+        exact = trust and cfg.kl_estimator == "exact"
+        old_from_first = exact and "old_logits" not in batch  # see old_logits_from_mstep
+        need_logits = algo.needs_logits or exact
         need_values = self.algo.value_head() is not None
+        per_step_dual = trust and cfg.dual_schedule == "step"
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        theta0 = [p.detach().clone() for p in params] if trust and cfg.kl_backtrack else None
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         first = True
         tokens = 0
         skipped = 0
+        steps = 0
         stop = False
+        kl_stop = False
         for _epoch in range(cfg.epochs):
             order = idx[torch.randperm(len(idx))] if n_mb > 1 else idx
             for j in range(n_mb):
                 mb = batch.select(order[j * mb_size:(j + 1) * mb_size])
                 out = self.forward(mb, train=cfg.mstep_dropout, need_logits=need_logits,
                                    need_values=need_values)
-                loss, m = algo.loss(self, mb, out)
+                if old_from_first and first:
+                    # θ = θ_old, no dropout noise, the whole batch: these are π_old's logits
+                    batch["old_logits"] = mb["old_logits"] = out.logits.detach()
+                elif old_from_first:
+                    mb["old_logits"] = batch["old_logits"]
+                m: dict[str, float] = {}
                 if first and "old_logp" in mb:
                     # what the PPO ratio sees before any parameter change: with dropout on
                     # in the M-step this is the dropout noise alone (spec §9)
@@ -471,13 +518,18 @@ class LMTrainer:
                     m["ppo/ratio_std"] = float(info.ratio_std)
                     m["ppo/ratio_mean_first"] = float(info.ratio_mean)
                 first = False
-                if trust:
-                    kl = self._kl_old(mb, out)
+                kl = self._kl_old(mb, out) if trust else None
+                if trust and cfg.kl_early_stop and steps > 0 and float(kl.detach()) >= cfg.eps_alpha:
+                    kl_stop = stop = True  # the budget is spent: this θ is the M-step's result
+                    break
+                loss, m_algo = algo.loss(self, mb, out)
+                m.update(m_algo)
+                if per_step_dual:  # spec eq. (1) as written: α(ε − sg[KL]) + sg[α]·KL
                     la, ainfo = O.alpha_trust_region(kl, self.alpha_param, cfg.eps_alpha)
                     loss = loss + la
-                    m["mstep/kl"] = float(ainfo.kl)
-                    m["mstep/alpha"] = float(ainfo.alpha)
                     m["loss/alpha"] = float(ainfo.loss_alpha)
+                elif trust:  # the policy's half of eq. (1); α steps once per update
+                    loss = loss + self._alpha() * kl
                 elif "old_logp" in mb:
                     with torch.no_grad():
                         m["mstep/kl"] = float(self._kl_old(mb, out))
@@ -486,7 +538,7 @@ class LMTrainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     self.alpha_opt.zero_grad(set_to_none=True)
                     acc.backward(loss)
-                    if trust and self.world > 1 and self.alpha_param.grad is not None:
+                    if per_step_dual and self.world > 1 and self.alpha_param.grad is not None:
                         self.alpha_param.grad = acc.reduce(self.alpha_param.grad, reduction="mean")
                     if cfg.max_grad_norm > 0:
                         gn = acc.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
@@ -509,8 +561,9 @@ class LMTrainer:
                     continue
                 self.nonfinite_in_a_row = 0
                 self.optimizer.step()
-                if trust:
+                if per_step_dual:
                     self.alpha_opt.step()
+                steps += 1
                 tokens += int(mb["attention_mask"].sum())
                 for k, v in m.items():
                     if math.isfinite(v):
@@ -522,12 +575,73 @@ class LMTrainer:
             if stop:
                 break
         out_m = {k: sums[k] / counts[k] for k in sums}
+        if trust:
+            out_m.update(self._settle_trust_region(batch, params, theta0))
+            if kl_stop:
+                out_m["mstep/kl_early_stop"] = 1.0
+        out_m["mstep/grad_steps"] = float(steps)
         out_m["mstep/nonfinite_skipped"] = float(skipped)
         out_m["mstep/sequences"] = float(len(idx))
         out_m["_tokens"] = float(tokens)
-        if stop:
+        if stop and not kl_stop:
             out_m["ppo/early_stop"] = 1.0
         return out_m
+
+    def _alpha(self) -> Tensor:
+        """sg[α]: the trust-region multiplier (softplus of its parameter, as in eq. 1)."""
+        return O.temperature(self.alpha_param.detach(), "softplus", 0.0)
+
+    def _realised_kl(self, batch: Batch) -> float:
+        """KL(π_old ‖ π_θ) per token over the whole (global) batch, eval mode, no gradient."""
+        with torch.no_grad():
+            out = self.forward(batch, train=False, need_logits="old_logits" in batch, grad=False)
+            m = batch["completion_mask"]
+            if self.cfg.kl_estimator == "exact" and "old_logits" in batch:
+                s = O.categorical_kl(batch["old_logits"], out.logits, mask=m[:, 1:],
+                                     chunk_size=self.cfg.kl_chunk_size).sum()
+                c = m[:, 1:].sum()
+            else:
+                s, c = (O.kl_k3(batch["old_logp"], out.logp) * m).sum(), m.sum()
+            tot = torch.stack([s.float(), c.float()])
+            if self.world > 1:
+                tot = self.accelerator.reduce(tot, reduction="sum")
+            return float(tot[0] / tot[1].clamp(min=1))
+
+    def _settle_trust_region(self, batch: Batch, params: list[Tensor],
+                             theta0: list[Tensor] | None) -> dict[str, float]:
+        """Measure the update's realised KL, scale back an overshoot, step the dual α."""
+        cfg = self.cfg
+        kl = self._realised_kl(batch)
+        out = {"mstep/kl_before_backtrack": kl}
+        scale = 1.0
+        if theta0 is not None and kl > cfg.kl_backtrack * cfg.eps_alpha:
+            theta1 = [p.detach().clone() for p in params]
+            for _ in range(10):
+                scale *= 0.5
+                with torch.no_grad():
+                    for p, a, b in zip(params, theta0, theta1, strict=True):
+                        p.copy_(a + scale * (b - a))
+                kl = self._realised_kl(batch)
+                if kl <= cfg.kl_backtrack * cfg.eps_alpha:
+                    break
+            else:  # still over budget at 1/1024 of the step: keep θ_old
+                with torch.no_grad():
+                    for p, a in zip(params, theta0, strict=True):
+                        p.copy_(a)
+                scale, kl = 0.0, 0.0
+        if cfg.dual_schedule == "update":
+            # the dual sees what the gradient steps did (before any backtracking): α rises
+            # while the M-step pushes past ε_α, so the next M-step's sg[α]·KL holds it back
+            kl_m = out["mstep/kl_before_backtrack"]
+            la, ainfo = O.alpha_trust_region(torch.tensor(kl_m), self.alpha_param, cfg.eps_alpha)
+            self.alpha_opt.zero_grad(set_to_none=True)
+            la.backward()
+            self.alpha_opt.step()
+            out["loss/alpha"] = float(ainfo.loss_alpha)
+        out.update({"mstep/kl": kl, "mstep/kl_budget_used": kl / cfg.eps_alpha,
+                    "mstep/backtrack_scale": scale,
+                    "mstep/alpha": float(self._alpha())})
+        return out
 
     # ------------------------------------------------------------------------ evaluation
     def evaluate(self, num_prompts: int | None = None) -> dict[str, Any]:
@@ -562,15 +676,31 @@ class LMTrainer:
         bar = progress(total=cfg.max_steps, desc=f"emrl {self.algo_name}", unit="update",
                        initial=self.step, **bar_kw)
         last: dict[str, Any] = {}
+        budget_s = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
+        empty_run = 0
         try:
+            if self.step == 0 and cfg.eval_at_start and cfg.max_steps > 0:
+                start = self._eval_metrics()  # the start model: every curve begins at step 0
+                if start:
+                    last = {"step": 0, "samples": 0, **start}
+                    if self.metrics is not None:
+                        self.metrics.log(last)
             while self.step < cfg.max_steps:
+                if budget_s is not None and self.train_time >= budget_s:
+                    break
                 t0 = time.time()
                 batch = algo.collect(self, self.step)
                 est = algo.estep(self, batch)
                 t1 = time.time()
                 mst = self._mstep(batch)
                 t2 = time.time()
-                self.scheduler.step()
+                self.train_time += t2 - t0
+                empty_run = empty_run + 1 if est.get("estep/empty") else 0
+                if empty_run in (1, 20) and acc.is_main_process:
+                    self._say_empty(est, empty_run)
+                with warnings.catch_warnings():  # a no-op update takes no optimizer step
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                    self.scheduler.step()
                 self.step += 1
                 self.samples += self.global_count(len(batch)) if algo.name != "sft" else cfg.batch_size
                 tokens = mst.pop("_tokens")
@@ -594,6 +724,12 @@ class LMTrainer:
                 bar.set_postfix(post)
                 if self.step < cfg.max_steps and cfg.save_every and self.step % cfg.save_every == 0:
                     self.save_checkpoint()
+            if budget_s is not None and self.step < cfg.max_steps and acc.is_main_process:
+                note = f"--max-minutes {cfg.max_minutes:g}: stopped after {self.step} updates " \
+                       f"({self.train_time:.1f} s of training; max_steps={cfg.max_steps})"
+                if self.step <= 1:
+                    note += "; the budget is shorter than one update"
+                bar.write(note, file=sys.stderr)
             if cfg.max_steps > 0 or not last:
                 last = {**last, "step": self.step, "samples": self.samples}
             last.update(self._eval_metrics())
@@ -609,6 +745,21 @@ class LMTrainer:
                 self.metrics.close()
                 self.metrics = None
         return last
+
+    def _say_empty(self, est: dict[str, Any], run: int) -> None:
+        """Say plainly why an update was a no-op (no sample beat its baseline)."""
+        from tqdm.auto import tqdm
+
+        r = est.get("reward/mean", float("nan"))
+        if run == 1:
+            msg = (f"update {self.step}: no sample beat its baseline (mean reward {r:.3g}, "
+                   "every group's rewards equal), so the E-step has no target and this update "
+                   "changes nothing")
+        else:
+            msg = (f"{run} updates in a row without a sample that beat its baseline (mean reward "
+                   f"{r:.3g}): if no sample earns reward, RL from this reward cannot start; SFT the "
+                   "model first, raise --num-samples or --temperature, or check the reward function")
+        tqdm.write(msg, file=sys.stderr)
 
     def _eval_metrics(self) -> dict[str, Any]:
         if not self.accelerator.is_main_process or self.cfg.eval_num_prompts <= 0 or not self.task.eval:
@@ -640,7 +791,7 @@ class LMTrainer:
             "rng": get_rng_state(),
             "data": {"gen": self.data_gen.get_state(), "perm": self.perm.clone(), "cursor": self.cursor},
             "counters": {"step": self.step, "samples": self.samples, "elapsed": self.elapsed,
-                         "nonfinite_in_a_row": self.nonfinite_in_a_row},
+                         "train_time": self.train_time, "nonfinite_in_a_row": self.nonfinite_in_a_row},
             "config": to_dict(self.cfg),
         }
 
@@ -713,6 +864,7 @@ class LMTrainer:
             raise CheckpointError(f"checkpoint {ck} does not fit this model/run: {e}") from e
         self.step, self.samples = int(c["step"]), int(c["samples"])
         self.elapsed, self.nonfinite_in_a_row = float(c["elapsed"]), int(c["nonfinite_in_a_row"])
+        self.train_time = float(c.get("train_time", 0.0))
         if self.step > self.cfg.max_steps:
             raise CheckpointError(f"checkpoint {ck} is at step {self.step}, beyond max_steps={self.cfg.max_steps}")
         set_rng_state(state["rng"])

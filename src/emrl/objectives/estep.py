@@ -183,13 +183,25 @@ def _num_selected(n_valid: int, top_fraction: float) -> int:
 
 
 def vmpo_topk(
-    advantages: Tensor, top_fraction: float = 0.5, mask: Tensor | None = None
+    advantages: Tensor,
+    top_fraction: float = 0.5,
+    mask: Tensor | None = None,
+    min_advantage: float | None = None,
 ) -> tuple[Tensor, int]:
     """Top-k selection of spec §6: ``k = max(1, ⌊ρ·N_valid⌋)`` valid samples with the
     largest advantage.
 
     Since ``η > 0``, ranking by ``u = A/η_det`` is ranking by ``A``. **Tie rule:** among
     equal advantages at the k-th value, the lower index is selected (stable sort).
+
+    ``min_advantage`` (``None``: off, the spec's plain top-k) keeps only samples with
+    ``A > min_advantage`` among the top k, so ``k = min(max(1, ⌊ρN⌋), #{A > min_advantage})``
+    and may be **0** (nothing is selected; the E-step then has no target). Spec §6 selects
+    S "to focus the M-step on demonstrably good samples"; with 0/1 rewards and a group
+    baseline most advantages are exactly 0 (all-right and all-wrong groups) and plain
+    top-k fills S with such ties once fewer than ρN samples beat their group, so the
+    M-step would fit samples that are no better than the baseline. ``min_advantage=0``
+    keeps S to samples that are demonstrably better than their baseline.
 
     Returns:
         ``(selected [N] bool, k)``.
@@ -198,11 +210,21 @@ def vmpo_topk(
     rho = check_unit_interval(top_fraction, "top_fraction", low_open=True)
     k = _num_selected(n_valid, rho)
     a = _wide(advantages.detach())
+    if min_advantage is not None:
+        thr = to_float(min_advantage, "min_advantage")
+        m = m & (a > thr)
+        k = min(k, int(m.sum()))
     key = torch.where(m, a, torch.full_like(a, -math.inf))
     order = torch.sort(key, descending=True, stable=True).indices
     selected = torch.zeros_like(m)
     selected[order[:k]] = True
     return selected, k
+
+
+def _empty_vmpo_info(eta: Tensor, n_valid: int, selected: Tensor) -> VMPOInfo:
+    zero = torch.zeros((), dtype=eta.dtype, device=eta.device)
+    return VMPOInfo(eta=eta, g=zero, ess=zero, selected_fraction=0.0, weight_entropy=zero,
+                    kl_to_uniform=zero, selected=selected, k=0, max_weight=zero)
 
 
 def _vmpo_from_selection(adv64: Tensor, selected: Tensor, k: int, eta_det: Tensor, n_valid: int):
@@ -231,6 +253,7 @@ def vmpo_weights(
     eta: float | Tensor,
     top_fraction: float = 0.5,
     mask: Tensor | None = None,
+    min_advantage: float | None = None,
 ) -> tuple[Tensor, VMPOInfo]:
     """V-MPO E-step weights at a fixed temperature (spec §6 "Weight computation").
 
@@ -243,15 +266,20 @@ def vmpo_weights(
         eta: temperature > 0 (number or tensor; detached).
         top_fraction: ρ in (0, 1]; 1 keeps every valid sample.
         mask: ``[N]`` validity, or ``None``.
+        min_advantage: select only samples with ``A > min_advantage`` (see
+            :func:`vmpo_topk`); ``None``: plain top-k.
 
     Returns:
-        ``(weights [N], VMPOInfo)``: weights detached, sum 1, dtype of ``advantages``.
+        ``(weights [N], VMPOInfo)``: weights detached, sum 1 (all 0 when ``min_advantage``
+        leaves nothing to select: ``info.k == 0``), dtype of ``advantages``.
     """
-    selected, k = vmpo_topk(advantages, top_fraction, mask)
+    selected, k = vmpo_topk(advantages, top_fraction, mask, min_advantage)
     n_valid = int(mask.bool().sum()) if mask is not None else advantages.shape[0]
     e = check_positive(eta, "eta")
     adv = _wide(advantages.detach())
     eta_det = torch.tensor(e, dtype=adv.dtype, device=adv.device)
+    if k == 0:
+        return torch.zeros_like(advantages), _empty_vmpo_info(eta_det, n_valid, selected)
     w, info = _vmpo_from_selection(adv, selected, k, eta_det, n_valid)
     return w.to(advantages.dtype), info
 
@@ -267,6 +295,7 @@ def vmpo_estep(
     *,
     selection: tuple[Tensor, int] | None = None,
     diagnostics: bool = True,
+    min_advantage: float | None = None,
 ) -> tuple[Tensor, Tensor, VMPOInfo]:
     """Adaptive-temperature V-MPO E-step (spec §6 "Full Adaptive EM Procedure").
 
@@ -295,22 +324,30 @@ def vmpo_estep(
             only ``eta``, ``selected``, ``k`` and ``selected_fraction`` are filled (the
             rest is ``None``) and the weights are the softmax of the same ``u`` the loss
             uses: equal to the default's to float rounding.
+        min_advantage: select only samples with ``A > min_advantage`` (see
+            :func:`vmpo_topk`); ``None``: plain top-k. Ignored when ``selection`` is given.
 
     Returns:
         ``(weights [N], loss_eta, VMPOInfo)``: weights detached (sum 1, zero outside S);
-        ``loss_eta`` a scalar differentiable w.r.t. ``xi`` only.
+        ``loss_eta`` a scalar differentiable w.r.t. ``xi`` only. When nothing is selected
+        (``info.k == 0``, possible only with ``min_advantage``) the weights are all 0 and
+        ``loss_eta = 0·ξ``: the temperature has no data to adapt to and stays put.
     """
     check_tensor(xi, "xi", floating=True)
     if xi.dim() != 0:
         raise ValueError(f"xi must be a 0-dim tensor, got shape {tuple(xi.shape)}")
     eps = check_positive(eps_eta, "eps_eta")
     if selection is None:
-        selected, k = vmpo_topk(advantages, top_fraction, mask)
+        selected, k = vmpo_topk(advantages, top_fraction, mask, min_advantage)
     else:
         check_tensor(advantages, "advantages", ndim=1, floating=True)
         selected, k = _check_selection(selection, advantages)
     n_valid = int(mask.bool().sum()) if mask is not None else advantages.shape[0]
     eta = temperature(xi, param, eta_min)
+    if k == 0:
+        eta_d = eta.detach().to(_wide(advantages.detach()).dtype)
+        return (torch.zeros_like(advantages), xi * 0.0,
+                _empty_vmpo_info(eta_d, n_valid, selected))
     adv64 = _wide(advantages.detach())
     eta64 = eta.to(adv64.dtype)
     # g recomputed with the differentiable η (stable logsumexp over S only)
