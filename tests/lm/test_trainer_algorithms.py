@@ -163,3 +163,95 @@ def test_per_token_weights_and_value_baseline(tmp_path):
     # the value head learnt something (it starts at exactly zero)
     vh = tr.algo.value_head()
     assert float(vh.linear.bias.detach().abs()) > 0
+
+
+# ------------------------------------------------------------------ issue 10: the KL budget
+def _defaults(**kw):
+    """RLConfig defaults except the sizes of the test task (no learning-rate tuning)."""
+    from emrl.lm.train_config import RLConfig
+
+    base = dict(max_steps=3, batch_size=8, num_samples=4, max_new_tokens=4, num_threads=1,
+                eval_num_prompts=8, eval_samples=2, eval_every=0)
+    base.update(kw)
+    return RLConfig(**base)
+
+
+@pytest.mark.parametrize("algo", ["vmpo", "awr", "dar"])
+def test_default_mstep_spends_the_kl_budget(tmp_path, algo):
+    """At default settings one M-step moves the policy by 0.5-2x eps_alpha (per token)."""
+    cfg = _defaults(algo=algo)
+    tr = make_trainer(cfg, tmp_path, out=None)
+    for _ in range(3):
+        b = tr.algo.collect(tr, tr.step)
+        tr.algo.estep(tr, b)
+        if not getattr(tr.algo, "target_empty", False):
+            break
+    # the states the trust region covers: V-MPO's selected samples (trust_region_states)
+    keep = b if cfg.trust_region_states == "all" or algo != "vmpo" else b.select(
+        torch.nonzero(b["weights"].reshape(len(b), -1).sum(1) > 0).flatten())
+    old = tr.forward(keep, train=False, need_logits=True, grad=False).logits
+    m = tr._mstep(b)
+    assert 0.5 * cfg.eps_alpha <= m["mstep/kl"] <= 2.0 * cfg.eps_alpha, m
+    # the logged value is the realised KL: an independent pass agrees
+    from emrl import objectives as O
+
+    new = tr.forward(keep, train=False, need_logits=True, grad=False).logits
+    mask = keep["completion_mask"][:, 1:]
+    kl = float(O.categorical_kl(old, new, mask=mask).sum() / mask.sum())
+    assert kl == pytest.approx(m["mstep/kl"], rel=1e-4)
+
+
+@pytest.mark.parametrize("lr", [3e-2, 3e-1])
+def test_large_learning_rates_stay_inside_the_budget(tmp_path, lr):
+    cfg = _defaults(algo="vmpo", learning_rate=lr, max_steps=4)
+    tr = make_trainer(cfg, tmp_path, out=None)
+    recs = []
+    tr.train(callback=lambda s, r: recs.append(r))
+    kls = [r["mstep/kl"] for r in recs if not r.get("mstep/skipped")]
+    assert kls and max(kls) <= cfg.kl_backtrack * cfg.eps_alpha + 1e-9
+    assert any(r["mstep/backtrack_scale"] < 1.0 for r in recs if "mstep/backtrack_scale" in r)
+
+
+def test_vmpo_target_puts_no_weight_on_non_positive_advantages(tmp_path):
+    tr = make_trainer(_defaults(algo="vmpo"), tmp_path, out=None)
+    b = tr.algo.collect(tr, 0)
+    m = tr.algo.estep(tr, b)
+    assert m["estep/weight_nonpositive"] == 0.0
+    plain = make_trainer(_defaults(algo="vmpo", min_advantage=None, top_fraction=1.0), tmp_path, out=None)
+    b2 = plain.algo.collect(plain, 0)
+    m2 = plain.algo.estep(plain, b2)
+    if m2["estep/positive_fraction"] < 1.0:  # plain top-k over everything weights ties and losers
+        assert m2["estep/weight_nonpositive"] > 0.0
+
+
+def test_equal_rewards_everywhere_are_a_no_op_that_says_so(tmp_path, capsys):
+    def constant(prompts, completions, **_):
+        return [0.0] * len(completions)
+
+    tr = make_trainer(_defaults(algo="vmpo", max_steps=2), tmp_path, out=None, reward=constant)
+    before = {k: v.clone() for k, v in tr.lm.state_dict().items()}
+    recs = []
+    tr.train(callback=lambda s, r: recs.append(r))
+    assert all(r["mstep/skipped"] == 1.0 and r["estep/empty"] == 1.0 for r in recs)
+    assert all(math.isfinite(v) for r in recs for v in r.values() if isinstance(v, float))
+    assert all(torch.equal(before[k], v) for k, v in tr.lm.state_dict().items())
+    assert "no sample beat its baseline" in capsys.readouterr().err
+
+
+def test_max_minutes_stops_on_time(tmp_path, capsys):
+    cfg = _defaults(algo="vmpo", max_steps=10**6, max_minutes=0.05)  # 3 s of training
+    tr = make_trainer(cfg, tmp_path, out="run")
+    last = tr.train()
+    assert 1 <= tr.step < 10**6 and tr.train_time >= 3.0
+    # the budget is checked before each update: at most one update past it
+    per_update = tr.train_time / tr.step
+    assert tr.train_time <= 3.0 + 2 * per_update + 1.0
+    assert "--max-minutes 0.05: stopped after" in capsys.readouterr().err
+    assert last["step"] == tr.step and (tmp_path / "run" / "final").is_dir()
+
+
+def test_max_minutes_must_be_positive():
+    from emrl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_minutes must be > 0"):
+        _defaults(max_minutes=0).validate()

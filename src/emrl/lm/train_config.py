@@ -62,9 +62,19 @@ class CommonTrainConfig:
         "update", "when alpha's dual steps: once per update on the realised KL of the whole M-step "
         "('update'), or at every gradient step on that minibatch's KL ('step', spec §5 eq. 1 literally)",
         choices=["update", "step"])
+    anneal_eps_alpha: bool = cfg_field(
+        True, "anneal the KL budget eps_alpha with the learning-rate schedule (the budget sets the "
+        "step, so it is what must shrink for the policy to settle)")
+    trust_region_states: str = cfg_field(
+        "selected", "states over which the trust region's KL(pi_old || pi_theta) is taken: those of "
+        "the samples the E-step selected (the M-step only fits those, so it skips the rest: about "
+        "1/rho less work) or of every sample ('all', spec §5 literally)", choices=["selected", "all"])
     kl_early_stop: bool = cfg_field(
         True, "end the M-step's gradient steps once the measured KL(pi_old || pi_theta) reaches "
         "eps_alpha: the KL budget, not the learning rate, sets the size of an update")
+    kl_adapt_lr: bool = cfg_field(
+        True, "adapt the M-step's learning rate to the KL budget: double it while a step moves the "
+        "policy by less than eps_alpha/4, shrink it by the backtracking factor when an update overshoots")
     kl_backtrack: float | None = cfg_field(
         2.0, "after the M-step, scale an update whose realised KL exceeds this x eps_alpha back "
         "towards pi_old (halving the step) until it does not; None: off (saves a parameter copy)")
@@ -160,11 +170,13 @@ class RLConfig(CommonTrainConfig):
         [], "reward functions 'module:function' (TRL signature); empty: the task's own verifier")
     reward_weights: list[float] = cfg_field([], "weights of reward_fns (empty: all 1)")
     learning_rate: float = cfg_field(
-        3e-5, "AdamW learning rate of the policy (tuned for the tiny model after SFT: higher rates "
-        "lowered held-out greedy accuracy)")
-    lr_scheduler: str = cfg_field("constant", "learning-rate schedule after warm-up",
-                                  choices=["constant", "linear", "cosine"])
-    epochs: int = cfg_field(2, "M-step epochs over each batch of rollouts")
+        3e-4, "AdamW learning rate of the policy: the size of one M-step gradient step; the KL budget "
+        "eps_alpha decides how many are taken (kl_early_stop), so tune eps_alpha rather than this")
+    lr_scheduler: str = cfg_field(
+        "cosine", "learning-rate (and, with anneal_eps_alpha, KL-budget) schedule after warm-up, over "
+        "max_steps or max_minutes, whichever ends the run first", choices=["constant", "linear", "cosine"])
+    epochs: int = cfg_field(
+        8, "most M-step passes over each batch of rollouts (the KL early stop usually ends it sooner)")
     trust_region: bool = cfg_field(
         True, "alpha trust region on KL(pi_old || pi_theta) per token for vmpo/awr/dar (spec §5 eq. 1); "
         "ppo uses its clip instead")

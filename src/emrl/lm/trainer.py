@@ -126,7 +126,8 @@ def _first_index(mask: Tensor) -> Tensor:
     return torch.where(mask, pos, torch.full_like(pos, S)).min(1).values.clamp(max=S - 1)
 
 
-def _lr_lambda(cfg: CommonTrainConfig) -> Callable[[int], float]:
+def _lr_lambda(cfg: CommonTrainConfig, progress: Callable[[int], float] | None = None) -> Callable[[int], float]:
+    """The schedule factor after warm-up; ``progress(step)`` in [0, 1] (default: step/max_steps)."""
     total, warm, floor = max(1, cfg.max_steps), cfg.warmup_steps, cfg.min_lr_ratio
 
     def f(step: int) -> float:
@@ -134,7 +135,7 @@ def _lr_lambda(cfg: CommonTrainConfig) -> Callable[[int], float]:
             return (step + 1) / warm
         if cfg.lr_scheduler == "constant":
             return 1.0
-        frac = min(1.0, (step - warm) / max(1, total - warm))
+        frac = progress(step) if progress is not None else min(1.0, (step - warm) / max(1, total - warm))
         if cfg.lr_scheduler == "linear":
             return 1.0 - (1.0 - floor) * frac
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * frac))
@@ -220,7 +221,10 @@ class LMTrainer:
         self.optimizer = torch.optim.AdamW(
             [p for p in self.policy.parameters() if p.requires_grad], lr=cfg.learning_rate,
             betas=(0.9, cfg.adam_beta2), weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg))
+        self.schedule = _lr_lambda(cfg, self._progress)
+        self.lr_scale = 1.0  # the M-step's step-size adaptation (kl_adapt_lr), persisted
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: self.schedule(step) * self.lr_scale)
         self.policy, self.optimizer = acc.prepare(self.policy, self.optimizer)
         a0 = O.inverse_temperature_param(float(cfg.alpha_init), "softplus")
         self.alpha_param = nn.Parameter(torch.as_tensor(a0, dtype=torch.float32).clone())
@@ -245,6 +249,24 @@ class LMTrainer:
             self.metrics = MetricsWriter(
                 self.rundir.metrics_path, tensorboard=cfg.tensorboard, start_time=self.elapsed,
                 truncate_after_step=self.step if resume else None)
+
+    def _progress(self, step: int) -> float:
+        """Fraction of the run done after warm-up: by updates, or by training time when
+        ``max_minutes`` would end the run first (so a time budget anneals too)."""
+        cfg = self.cfg
+        warm = cfg.warmup_steps
+        frac = min(1.0, max(0, step - warm) / max(1, cfg.max_steps - warm))
+        if cfg.max_minutes is not None:
+            frac = max(frac, min(1.0, getattr(self, "train_time", 0.0) / (60.0 * cfg.max_minutes)))
+        return frac
+
+    def eps_alpha_now(self) -> float:
+        """ε_α of this update: annealed with the learning-rate schedule when
+        ``anneal_eps_alpha`` (the KL budget is the step size, so it is what anneals)."""
+        cfg = self.cfg
+        if not getattr(cfg, "anneal_eps_alpha", False):
+            return cfg.eps_alpha
+        return cfg.eps_alpha * self.schedule(self.step)
 
     # ------------------------------------------------------------------ building blocks
     def _load_task(self, reward_funcs: Sequence[Any] | None):
@@ -436,6 +458,12 @@ class LMTrainer:
         k3 = O.kl_k3(mb["old_logp"], out.logp)
         return (k3 * m).sum() / m.sum().clamp(min=1)
 
+    def _quiet_mstep(self) -> bool:
+        """M-step forwards carry no dropout noise (no dropout in the model, or it is off)."""
+        from emrl.lm.models import get_dropout
+
+        return not self.cfg.mstep_dropout or get_dropout(self.lm) == 0.0
+
     def old_logits_from_mstep(self, n_local: int) -> bool:
         """Whether the first M-step forward can serve as π_old's logits for the exact KL.
 
@@ -443,12 +471,9 @@ class LMTrainer:
         (no dropout in the model, or ``mstep_dropout`` off) and no value head: it then
         equals a separate eval-mode pass over the rollouts, which is skipped.
         """
-        from emrl.lm.models import get_dropout
-
         cfg = self.cfg
         whole = cfg.minibatch_size is None or cfg.minibatch_size >= n_local
-        quiet = not cfg.mstep_dropout or get_dropout(self.lm) == 0.0
-        return whole and quiet and self.algo.value_head() is None
+        return whole and self._quiet_mstep() and self.algo.value_head() is None
 
     def _mstep(self, batch: Batch) -> dict[str, float]:
         """The M-step of one update (see the module docstring).
@@ -472,8 +497,11 @@ class LMTrainer:
                     "mstep/kl": 0.0, "_tokens": 0.0}
         # Samples with zero E-step weight add nothing to the weighted NLL; they are still
         # needed where the M-step looks at every state of π_old: the trust region's
-        # E_s KL(π_old‖π_θ) (spec §5), a value baseline, and DDP (equal work per process).
-        if algo.skip_zero_weight and not trust and self.world == 1 and getattr(cfg, "baseline", "") != "value":
+        # E_s KL(π_old‖π_θ) over all states (``trust_region_states="all"``, spec §5), a value
+        # baseline, and DDP (equal work per process). With ``"selected"`` the trust region is
+        # taken over the states of the selected samples, where the M-step moves the policy.
+        kl_all = trust and cfg.trust_region_states == "all"
+        if algo.skip_zero_weight and not kl_all and self.world == 1 and getattr(cfg, "baseline", "") != "value":
             w = batch["weights"]
             keep = (w.reshape(n, -1) > 0).any(1)
             idx = idx[keep.cpu()]
@@ -487,8 +515,16 @@ class LMTrainer:
         need_logits = algo.needs_logits or exact
         need_values = self.algo.value_head() is not None
         per_step_dual = trust and cfg.dual_schedule == "step"
+        eps = self.eps_alpha_now()
         params = [p for p in self.policy.parameters() if p.requires_grad]
         theta0 = [p.detach().clone() for p in params] if trust and cfg.kl_backtrack else None
+        # a full-batch pass without dropout noise measures the realised KL itself
+        whole_quiet = n_mb == 1 and self.world == 1 and self._quiet_mstep()
+        if len(idx) < n:  # the M-step (and its KL) sees the selected samples only
+            batch = batch.select(idx)
+            idx = torch.arange(len(idx))
+            n = len(idx)
+        kl_final: float | None = None
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         first = True
@@ -519,13 +555,17 @@ class LMTrainer:
                     m["ppo/ratio_mean_first"] = float(info.ratio_mean)
                 first = False
                 kl = self._kl_old(mb, out) if trust else None
-                if trust and cfg.kl_early_stop and steps > 0 and float(kl.detach()) >= cfg.eps_alpha:
+                if trust and cfg.kl_early_stop and steps > 0 and float(kl.detach()) >= eps:
                     kl_stop = stop = True  # the budget is spent: this θ is the M-step's result
+                    if whole_quiet:  # this pass saw the whole batch at the final θ, no noise
+                        kl_final = float(kl.detach())
                     break
+                if trust and cfg.kl_adapt_lr and steps > 0 and float(kl.detach()) < eps / 4:
+                    self._scale_lr(2.0)  # far from the budget: larger steps
                 loss, m_algo = algo.loss(self, mb, out)
                 m.update(m_algo)
                 if per_step_dual:  # spec eq. (1) as written: α(ε − sg[KL]) + sg[α]·KL
-                    la, ainfo = O.alpha_trust_region(kl, self.alpha_param, cfg.eps_alpha)
+                    la, ainfo = O.alpha_trust_region(kl, self.alpha_param, eps)
                     loss = loss + la
                     m["loss/alpha"] = float(ainfo.loss_alpha)
                 elif trust:  # the policy's half of eq. (1); α steps once per update
@@ -576,7 +616,7 @@ class LMTrainer:
                 break
         out_m = {k: sums[k] / counts[k] for k in sums}
         if trust:
-            out_m.update(self._settle_trust_region(batch, params, theta0))
+            out_m.update(self._settle_trust_region(batch, params, theta0, kl_final))
             if kl_stop:
                 out_m["mstep/kl_early_stop"] = 1.0
         out_m["mstep/grad_steps"] = float(steps)
@@ -586,6 +626,14 @@ class LMTrainer:
         if stop and not kl_stop:
             out_m["ppo/early_stop"] = 1.0
         return out_m
+
+    def _scale_lr(self, factor: float) -> None:
+        """Multiply the M-step's learning rate by ``factor`` now and for later updates
+        (``kl_adapt_lr``: the learning rate follows the KL budget, within [1e-3, 1e3]x)."""
+        new = min(1e3, max(1e-3, self.lr_scale * factor))
+        for g in self.optimizer.param_groups:
+            g["lr"] *= new / self.lr_scale
+        self.lr_scale = new
 
     def _alpha(self) -> Tensor:
         """sg[α]: the trust-region multiplier (softplus of its parameter, as in eq. 1)."""
@@ -607,14 +655,17 @@ class LMTrainer:
                 tot = self.accelerator.reduce(tot, reduction="sum")
             return float(tot[0] / tot[1].clamp(min=1))
 
-    def _settle_trust_region(self, batch: Batch, params: list[Tensor],
-                             theta0: list[Tensor] | None) -> dict[str, float]:
-        """Measure the update's realised KL, scale back an overshoot, step the dual α."""
+    def _settle_trust_region(self, batch: Batch, params: list[Tensor], theta0: list[Tensor] | None,
+                             kl: float | None = None) -> dict[str, float]:
+        """Measure the update's realised KL (unless the M-step's last pass did), scale back an
+        overshoot, step the dual α."""
         cfg = self.cfg
-        kl = self._realised_kl(batch)
+        if kl is None:
+            kl = self._realised_kl(batch)
         out = {"mstep/kl_before_backtrack": kl}
         scale = 1.0
-        if theta0 is not None and kl > cfg.kl_backtrack * cfg.eps_alpha:
+        eps = self.eps_alpha_now()
+        if theta0 is not None and kl > cfg.kl_backtrack * eps:
             theta1 = [p.detach().clone() for p in params]
             for _ in range(10):
                 scale *= 0.5
@@ -622,23 +673,26 @@ class LMTrainer:
                     for p, a, b in zip(params, theta0, theta1, strict=True):
                         p.copy_(a + scale * (b - a))
                 kl = self._realised_kl(batch)
-                if kl <= cfg.kl_backtrack * cfg.eps_alpha:
+                if kl <= cfg.kl_backtrack * eps:
                     break
             else:  # still over budget at 1/1024 of the step: keep θ_old
                 with torch.no_grad():
                     for p, a in zip(params, theta0, strict=True):
                         p.copy_(a)
                 scale, kl = 0.0, 0.0
+        if cfg.kl_adapt_lr and scale < 1.0:
+            self._scale_lr(max(scale, 1e-2))  # the steps overshot: smaller ones next time
         if cfg.dual_schedule == "update":
             # the dual sees what the gradient steps did (before any backtracking): α rises
             # while the M-step pushes past ε_α, so the next M-step's sg[α]·KL holds it back
             kl_m = out["mstep/kl_before_backtrack"]
-            la, ainfo = O.alpha_trust_region(torch.tensor(kl_m), self.alpha_param, cfg.eps_alpha)
+            la, ainfo = O.alpha_trust_region(torch.tensor(kl_m), self.alpha_param, eps)
             self.alpha_opt.zero_grad(set_to_none=True)
             la.backward()
             self.alpha_opt.step()
             out["loss/alpha"] = float(ainfo.loss_alpha)
-        out.update({"mstep/kl": kl, "mstep/kl_budget_used": kl / cfg.eps_alpha,
+        out.update({"mstep/kl": kl, "mstep/kl_budget_used": kl / eps, "mstep/eps_alpha": eps,
+                    "mstep/lr_scale": self.lr_scale,
                     "mstep/backtrack_scale": scale,
                     "mstep/alpha": float(self._alpha())})
         return out
@@ -791,7 +845,8 @@ class LMTrainer:
             "rng": get_rng_state(),
             "data": {"gen": self.data_gen.get_state(), "perm": self.perm.clone(), "cursor": self.cursor},
             "counters": {"step": self.step, "samples": self.samples, "elapsed": self.elapsed,
-                         "train_time": self.train_time, "nonfinite_in_a_row": self.nonfinite_in_a_row},
+                         "train_time": self.train_time, "lr_scale": self.lr_scale,
+                         "nonfinite_in_a_row": self.nonfinite_in_a_row},
             "config": to_dict(self.cfg),
         }
 
@@ -865,6 +920,7 @@ class LMTrainer:
         self.step, self.samples = int(c["step"]), int(c["samples"])
         self.elapsed, self.nonfinite_in_a_row = float(c["elapsed"]), int(c["nonfinite_in_a_row"])
         self.train_time = float(c.get("train_time", 0.0))
+        self.lr_scale = float(c.get("lr_scale", 1.0))
         if self.step > self.cfg.max_steps:
             raise CheckpointError(f"checkpoint {ck} is at step {self.step}, beyond max_steps={self.cfg.max_steps}")
         set_rng_state(state["rng"])
