@@ -17,10 +17,15 @@ sft:
   max_steps: 3
   batch_size: 8
   warmup_steps: 0
+rl_minutes: 5
 rl:
   max_steps: 2
   batch_size: 4
   num_samples: 2
+  eval_every: 1
+sft_continued:
+  max_steps: 3
+  batch_size: 8
   eval_every: 1
 """
 
@@ -31,8 +36,14 @@ def test_demo_writes_report_summary_and_plot(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--output-dir", str(out), "--config", str(cfg), "--seed", "1"]) == 0
     s = json.loads((out / "summary.json").read_text())
-    for key in ("accuracy_sft", "accuracy_rl", "sampled_accuracy_sft", "sampled_accuracy_rl"):
+    for key in ("accuracy_sft", "accuracy_rl", "sampled_accuracy_sft", "sampled_accuracy_rl",
+                "accuracy_continued_sft", "sampled_accuracy_continued_sft"):
         assert 0.0 <= s[key] <= 1.0, key
+    # the control starts from the same SFT model at the SFT stage's final learning rate
+    c = s["continued_sft_config"]
+    assert c["model"].endswith("sft/final") and s["continued_sft_updates"] == 3
+    assert c["learning_rate"] == pytest.approx(s["sft_config"]["learning_rate"] * s["sft_config"]["min_lr_ratio"])
+    assert isinstance(s["sft_on_plateau"], bool)
     assert s["num_eval_prompts"] == 6 and s["eval_samples"] == 2 and s["seed"] == 1
     assert s["wall_time_s"] > 0 and s["sft_updates"] == 3 and s["rl_updates"] == 2
     assert s["rl_config"]["algo"] == "vmpo" and s["rl_config"]["model"].endswith("sft/final")

@@ -30,7 +30,7 @@ from typing import Any
 from emrl.config import add_config_args, build_config, cfg_field, from_dict, to_dict
 from emrl.errors import EmrlError
 
-_DEMO_ENTRIES = {"sft", "rl", "summary.json", "report.md", "learning_curves.png"}
+_DEMO_ENTRIES = {"sft", "rl", "sft_continued", "summary.json", "report.md", "learning_curves.png"}
 
 
 @dataclass
@@ -42,8 +42,12 @@ class DemoConfig:
     eval_samples: int = cfg_field(8, "samples per prompt for sampled accuracy (pass@1 at temperature 1)")
     num_threads: int | None = cfg_field(None, "torch CPU threads (None: EMRL_NUM_THREADS or all allowed CPUs)")
     task: str | None = cfg_field(None, "task SPEC (None: the default arithmetic task)")
+    rl_minutes: float = cfg_field(
+        3.0, "training minutes of the V-MPO stage, and of the continued-SFT control from the same "
+        "SFT model (evaluations excluded)")
     sft: dict = cfg_field({}, "overrides of SFTConfig fields for the SFT stage")
     rl: dict = cfg_field({}, "overrides of RLConfig fields for the V-MPO stage")
+    sft_continued: dict = cfg_field({}, "overrides of SFTConfig fields for the continued-SFT control")
 
 
 def _stage_configs(dc: DemoConfig, out: Path):
@@ -54,11 +58,32 @@ def _stage_configs(dc: DemoConfig, out: Path):
     # intermediate held-out evaluations for the learning curves (overridable)
     sft = from_dict(SFTConfig, {"model": "tiny", "task": dc.task, "eval_every": 500, **common, **dc.sft},
                     source="demo sft")
-    rl = from_dict(RLConfig, {"algo": "vmpo", "eval_every": 50, **common, **dc.rl}, source="demo rl")
+    timed = {"max_steps": 10**6, "max_minutes": dc.rl_minutes}
+    rl = from_dict(RLConfig, {"algo": "vmpo", "eval_every": 25, **common, **timed, **dc.rl}, source="demo rl")
     rl = replace(rl, model=str(out / "sft" / "final"), task=None)
     if rl.algo != "vmpo":
         raise EmrlError(f"the demo runs V-MPO; got rl.algo={rl.algo!r} (use `emrl lm train` for others)")
-    return sft, rl
+    # the control: as much more SFT as V-MPO gets training time, continuing at the learning
+    # rate the SFT stage ended with and annealing over the same budget
+    end_lr = sft.learning_rate * sft.min_lr_ratio
+    cont = from_dict(SFTConfig, {"eval_every": 100, **common, **timed, "learning_rate": end_lr,
+                                 "warmup_steps": 0, **dc.sft_continued}, source="demo sft_continued")
+    cont = replace(cont, model=str(out / "sft" / "final"), task=None)
+    return sft, rl, cont
+
+
+def plateau_change(records: list[dict]) -> float | None:
+    """Change of held-out greedy accuracy over the last quarter of a run's updates (None
+    when fewer than two evaluations fall in it): the SFT stage is on a plateau when this is
+    below 0.02."""
+    ev = [(r["step"], r["eval/accuracy"]) for r in records if r.get("eval/accuracy") is not None]
+    if len(ev) < 2:
+        return None
+    last = ev[-1][0]
+    q = [a for s, a in ev if s >= 0.75 * last]
+    if len(q) < 2:
+        q = [a for _, a in ev[-2:]]
+    return q[-1] - q[0]
 
 
 def run_demo(dc: DemoConfig, output_dir: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
@@ -82,95 +107,123 @@ def run_demo(dc: DemoConfig, output_dir: str | Path, *, overwrite: bool = False)
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("summary.json", "report.md", "learning_curves.png"):
         (out / stale).unlink(missing_ok=True)
-    sft_cfg, rl_cfg = _stage_configs(dc, out)
+    sft_cfg, rl_cfg, cont_cfg = _stage_configs(dc, out)
     t0 = time.time()
     print(f"[emrl demo] 1/2 SFT of the tiny model ({sft_cfg.max_steps} updates) -> {out / 'sft'}", flush=True)
     sft_last = LMTrainer(sft_cfg, out / "sft", overwrite=True).train()
     t_sft = time.time() - t0
     print(f"[emrl demo]     greedy accuracy {sft_last.get('eval/accuracy', float('nan')):.3f}, "
           f"sampled {sft_last.get('eval/sampled_accuracy', float('nan')):.3f} ({t_sft:.0f} s)", flush=True)
-    print(f"[emrl demo] 2/2 V-MPO ({rl_cfg.max_steps} updates, k={rl_cfg.num_samples}) -> {out / 'rl'}", flush=True)
+    print(f"[emrl demo] 2/3 V-MPO ({rl_cfg.max_minutes:g} min of training, k={rl_cfg.num_samples}) -> "
+          f"{out / 'rl'}", flush=True)
     rl_trainer = LMTrainer(rl_cfg, out / "rl", overwrite=True)
     rl_last = rl_trainer.train()
+    t_rl = time.time() - t0 - t_sft
+    print(f"[emrl demo] 3/3 control: continued SFT for the same {cont_cfg.max_minutes:g} min -> "
+          f"{out / 'sft_continued'}", flush=True)
+    cont_trainer = LMTrainer(cont_cfg, out / "sft_continued", overwrite=True)
+    cont_trainer.train()
     wall = time.time() - t0
     sft_eval = json.loads((out / "sft" / "eval.json").read_text())
     rl_eval = json.loads((out / "rl" / "eval.json").read_text())
+    cont_eval = json.loads((out / "sft_continued" / "eval.json").read_text())
+    sft_recs = read_metrics(out / "sft" / "metrics.jsonl")
+    plateau = plateau_change(sft_recs)
     summary = {
         "accuracy_sft": sft_eval.get("accuracy"),
         "accuracy_rl": rl_eval.get("accuracy"),
+        "accuracy_continued_sft": cont_eval.get("accuracy"),
         "sampled_accuracy_sft": sft_eval.get("sampled_accuracy"),
         "sampled_accuracy_rl": rl_eval.get("sampled_accuracy"),
+        "sampled_accuracy_continued_sft": cont_eval.get("sampled_accuracy"),
         f"pass@{dc.eval_samples}_sft": sft_eval.get(f"pass@{dc.eval_samples}"),
         f"pass@{dc.eval_samples}_rl": rl_eval.get(f"pass@{dc.eval_samples}"),
+        f"pass@{dc.eval_samples}_continued_sft": cont_eval.get(f"pass@{dc.eval_samples}"),
+        "sft_plateau_change": plateau,
+        "sft_on_plateau": plateau is not None and abs(plateau) < 0.02,
         "num_eval_prompts": rl_eval.get("num_prompts"),
         "eval_samples": dc.eval_samples,
         "eval_temperature": 1.0,
         "wall_time_s": wall,
         "sft_time_s": t_sft,
-        "rl_time_s": wall - t_sft,
+        "rl_time_s": t_rl,
+        "continued_sft_time_s": wall - t_sft - t_rl,
+        "rl_minutes": dc.rl_minutes,
         "seed": dc.seed,
         "task": rl_trainer.task.name,
         "sft_updates": sft_cfg.max_steps,
-        "rl_updates": rl_cfg.max_steps,
+        "rl_updates": rl_trainer.step,
+        "continued_sft_updates": cont_trainer.step,
         "rl_final_reward_mean": rl_last.get("reward/mean"),
         "sft_config": to_dict(sft_cfg),
         "rl_config": to_dict(rl_cfg),
+        "continued_sft_config": to_dict(cont_cfg),
     }
     png = out / "learning_curves.png"
-    _plot(read_metrics(out / "sft" / "metrics.jsonl"), read_metrics(out / "rl" / "metrics.jsonl"), png)
+    _plot(sft_recs, read_metrics(out / "rl" / "metrics.jsonl"), png,
+          read_metrics(out / "sft_continued" / "metrics.jsonl"))
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "report.md", _report(summary, png.name))
-    print(f"[emrl demo] accuracy {summary['accuracy_sft']:.3f} -> {summary['accuracy_rl']:.3f} (greedy), "
-          f"{summary['sampled_accuracy_sft']:.3f} -> {summary['sampled_accuracy_rl']:.3f} (sampled); "
+    print(f"[emrl demo] held-out greedy accuracy: SFT {summary['accuracy_sft']:.3f} -> V-MPO "
+          f"{summary['accuracy_rl']:.3f} (continued SFT for the same time: "
+          f"{summary['accuracy_continued_sft']:.3f}); sampled {summary['sampled_accuracy_sft']:.3f} -> "
+          f"{summary['sampled_accuracy_rl']:.3f} ({summary['sampled_accuracy_continued_sft']:.3f}); "
           f"{wall:.0f} s; report: {out / 'report.md'}", flush=True)
     return summary
 
 
-def _plot_accuracy(ax, records: list[dict]) -> None:
-    """Held-out greedy and sampled accuracy of the records that carry an evaluation."""
-    ev = [r for r in records if r.get("eval/accuracy") is not None]
-    ax.plot([r["step"] for r in ev], [r["eval/accuracy"] for r in ev], "o-", color="tab:blue",
-            label="held-out greedy accuracy")
-    evs = [r for r in ev if r.get("eval/sampled_accuracy") is not None]
-    ax.plot([r["step"] for r in evs], [r["eval/sampled_accuracy"] for r in evs], "s--", color="tab:cyan",
-            label="held-out sampled accuracy")
+def _accuracy_points(records: list[dict], key: str, x: str) -> tuple[list[float], list[float]]:
+    ev = [r for r in records if r.get(key) is not None]
+    return [r.get(x, 0.0) for r in ev], [r[key] for r in ev]
 
 
-def _plot(sft: list[dict], rl: list[dict], path: Path) -> None:
+def _plot(sft: list[dict], rl: list[dict], path: Path, cont: list[dict] | None = None) -> None:
+    """Left: the SFT stage (loss, held-out accuracy). Right: V-MPO and the continued-SFT
+    control from the same SFT model against training minutes (both start at step 0's
+    evaluation of that model); axes scaled to the data."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.2))
     ax = axes[0]
-    xs = [r["step"] for r in sft if r.get("loss/policy") is not None]
-    ax.plot(xs, [r["loss/policy"] for r in sft if r.get("loss/policy") is not None], color="tab:gray",
-            lw=0.8, label="SFT loss (weighted NLL)")
+    lr = [(r["step"], r["loss/policy"]) for r in sft if r.get("loss/policy") is not None]
+    if lr:
+        xs, ys = zip(*lr, strict=True)
+        ax.plot(xs, ys, color="tab:gray", lw=0.6, alpha=0.8, label="SFT loss (weighted NLL)")
+        hi = float(np.percentile(ys, 98)) if len(ys) > 10 else max(ys)
+        ax.set_ylim(0.9 * min(ys), 1.05 * hi)  # the first updates' spike is clipped, not drawn to scale
     ax.set_xlabel("SFT update")
-    ax.set_ylabel("loss")
+    ax.set_ylabel("training loss (first updates clipped)")
     ax2 = ax.twinx()
-    _plot_accuracy(ax2, sft)
+    for key, style, label in (("eval/accuracy", "o-", "held-out greedy accuracy"),
+                              ("eval/sampled_accuracy", "s--", "held-out sampled accuracy")):
+        xs, ys = _accuracy_points(sft, key, "step")
+        ax2.plot(xs, ys, style, color="tab:blue" if "greedy" in label else "tab:cyan", label=label)
     ax2.set_ylabel("accuracy")
-    ax2.set_ylim(0, 1)
-    ax.set_title("SFT (delta target)")
+    ax.set_title("1. SFT from scratch (delta target)")
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, loc="upper right", fontsize=8)
+    ax.legend(h1 + h2, l1 + l2, loc="center right", fontsize=8)
     ax = axes[1]
-    # step 0 of V-MPO is the SFT model: its final held-out evaluation starts the curves
-    start = next((r for r in reversed(sft) if r.get("eval/accuracy") is not None), None)
-    if start is not None:
-        rl = [{"step": 0, "eval/accuracy": start["eval/accuracy"],
-               "eval/sampled_accuracy": start.get("eval/sampled_accuracy")}, *rl]
-    xr = [r["step"] for r in rl if r.get("reward/mean") is not None]
-    ax.plot(xr, [r["reward/mean"] for r in rl if r.get("reward/mean") is not None], color="tab:orange",
-            lw=0.8, label="training reward (sampled)")
-    _plot_accuracy(ax, rl)
-    ax.set_xlabel("V-MPO update")
-    ax.set_ylim(0, 1)
-    ax.set_title("V-MPO from the SFT model")
-    ax.legend(loc="lower right", fontsize=8)
+    allys = []
+    for recs, color, name in ((rl, "tab:orange", "V-MPO"), (cont or [], "tab:green", "continued SFT (control)")):
+        for key, style, what in (("eval/accuracy", "o-", "greedy"), ("eval/sampled_accuracy", "s--", "sampled")):
+            xs, ys = _accuracy_points(recs, key, "time/train_s")
+            if ys:
+                ax.plot([x / 60.0 for x in xs], ys, style, color=color, label=f"{name}: held-out {what}")
+                allys += ys
+    if allys:
+        lo, hi = min(allys), max(allys)
+        pad = max(0.02, 0.15 * (hi - lo))
+        ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))
+    ax.set_xlabel("training minutes from the SFT model (evaluations excluded)")
+    ax.set_ylabel("held-out accuracy")
+    ax.grid(alpha=0.3)
+    ax.set_title("2-3. V-MPO vs as much more SFT, same start, same time")
+    ax.legend(loc="best", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -182,28 +235,36 @@ def _report(s: dict[str, Any], png: str) -> str:
     def f(v: Any) -> str:
         return "n/a" if v is None else f"{v:.3f}"
 
+    plateau = s.get("sft_plateau_change")
+    plat = ("n/a (fewer than two evaluations)" if plateau is None else
+            f"{plateau:+.3f} over its last quarter of updates: "
+            + ("on a plateau" if abs(plateau) < 0.02 else "**not** on a plateau, so more SFT still helps"))
     return f"""# emrl demo
 
-The `tiny` model was built from nothing, fine-tuned by SFT (δ target, spec §6) and then by
-sequence-level V-MPO (top-k E-step with the adaptive temperature dual, weighted-MLE M-step
-under the α trust region; spec §6), offline on a CPU. Task: `{s['task']}`; seed {s['seed']}.
+The `tiny` model was built from nothing and fine-tuned by SFT (δ target, spec §6). From that
+SFT model, two runs got the same {s['rl_minutes']:g} minutes of training: sequence-level
+V-MPO (top-k E-step with the adaptive temperature dual, weighted-MLE M-step under the α trust
+region, the KL budget setting the step; spec §5-§6) on the task's verifier reward, and — the
+control that separates RL from simply training longer — continued SFT on the reference answers.
+Offline, on a CPU. Task: `{s['task']}`; seed {s['seed']}.
 
-Both models are evaluated on the same {s['num_eval_prompts']} held-out prompts (disjoint from
-training by question text).
+All three models are evaluated on the same {s['num_eval_prompts']} held-out prompts (disjoint from
+training by question text). SFT stage: held-out greedy accuracy changed by {plat}.
 
-| | after SFT | after V-MPO |
-| --- | --- | --- |
-| greedy accuracy (exact match) | {f(s['accuracy_sft'])} | {f(s['accuracy_rl'])} |
-| sampled accuracy (pass@1, T=1, {n} samples/prompt) | {f(s['sampled_accuracy_sft'])} | {f(s['sampled_accuracy_rl'])} |
-| pass@{n} | {f(s.get(f'pass@{n}_sft'))} | {f(s.get(f'pass@{n}_rl'))} |
+| | after SFT | + V-MPO | + continued SFT (control) |
+| --- | --- | --- | --- |
+| greedy accuracy (exact match) | {f(s['accuracy_sft'])} | {f(s['accuracy_rl'])} | {f(s.get('accuracy_continued_sft'))} |
+| sampled accuracy (pass@1, T=1, {n} samples/prompt) | {f(s['sampled_accuracy_sft'])} | {f(s['sampled_accuracy_rl'])} | {f(s.get('sampled_accuracy_continued_sft'))} |
+| pass@{n} | {f(s.get(f'pass@{n}_sft'))} | {f(s.get(f'pass@{n}_rl'))} | {f(s.get(f'pass@{n}_continued_sft'))} |
 
-Updates: {s['sft_updates']} SFT, {s['rl_updates']} V-MPO. Wall time: {s['wall_time_s']:.0f} s
-(SFT {s['sft_time_s']:.0f} s, V-MPO + evaluations {s['rl_time_s']:.0f} s).
+Updates: {s['sft_updates']} SFT, then {s['rl_updates']} V-MPO and {s.get('continued_sft_updates')}
+continued-SFT updates. Wall time: {s['wall_time_s']:.0f} s (SFT {s['sft_time_s']:.0f} s, V-MPO
+{s['rl_time_s']:.0f} s and continued SFT {s.get('continued_sft_time_s', 0):.0f} s, evaluations included).
 
 ![learning curves]({png})
 
-Runs: `sft/` and `rl/` (each with `config.yaml`, `metrics.jsonl`, `final/`, `eval.json`).
-Raw figures: `summary.json`.
+Runs: `sft/`, `rl/` and `sft_continued/` (each with `config.yaml`, `metrics.jsonl`, `final/`,
+`eval.json`). Raw figures: `summary.json`.
 """
 
 

@@ -180,7 +180,8 @@ class RLConfig(CommonTrainConfig):
     trust_region: bool = cfg_field(
         True, "alpha trust region on KL(pi_old || pi_theta) per token for vmpo/awr/dar (spec §5 eq. 1); "
         "ppo uses its clip instead")
-    eps_alpha: float = cfg_field(0.02, "KL budget epsilon_alpha (nats per token)")
+    eps_alpha: float = cfg_field(
+        0.005, "KL budget epsilon_alpha per update (nats per token): the step size of an update")
     baseline: str = cfg_field(
         "group_mean", "advantage baseline: group_mean or loo over the k samples of a prompt, a learned "
         "value head V(x), or the batch mean", choices=list(BASELINES))

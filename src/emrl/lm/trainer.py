@@ -761,6 +761,7 @@ class LMTrainer:
                 rec: dict[str, Any] = {"step": self.step, "samples": self.samples, **est, **mst,
                                        "lr": self.scheduler.get_last_lr()[0],
                                        "time/rollout_s": t1 - t0, "time/update_s": t2 - t1,
+                                       "time/train_s": self.train_time,
                                        "throughput/tokens_per_s": tokens * self.world / max(t2 - t1, 1e-9),
                                        "throughput/steps_per_s": 1.0 / max(t2 - t0, 1e-9)}
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
