@@ -12,8 +12,13 @@ import pytest
 
 from emrl.errors import EmrlError
 from emrl.plots import data_limits, mean_band, rolling_mean, scale_to_data
-from emrl.provenance import (KEY_PACKAGES, constraint_lines, environment_info, format_environment,
-                             package_versions)
+from emrl.provenance import (
+    KEY_PACKAGES,
+    constraint_lines,
+    environment_info,
+    format_environment,
+    package_versions,
+)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -44,11 +44,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from emrl.control.evaluate import evaluate
-    from emrl.control.train import load_agent
+    from emrl.control.train import describe_eval, final_eval_seed, load_agent
     from emrl.rundir import RunDir
     from emrl.threads import configure_threads
-
-    from emrl.control.train import describe_eval, final_eval_seed
 
     configure_threads(args.num_threads)
     agent, cfg, obs_rms = load_agent(args.run)

@@ -97,7 +97,7 @@ def reward_source(spec: Any) -> dict[str, Any]:
         if name is not None:
             return {"spec": name, "importable": True}
         out = {"spec": reward_name(spec), "importable": False}
-        code = getattr(spec, "__code__", None) or getattr(getattr(spec, "__call__", None), "__code__", None)
+        code = getattr(spec, "__code__", None) or getattr(type(spec).__call__, "__code__", None)
         if code is not None and code.co_filename and not code.co_filename.startswith("<"):
             out["defined_in"] = str(Path(code.co_filename).resolve())
     out["note"] = SCRIPT_REWARD_NOTE

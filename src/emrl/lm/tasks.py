@@ -46,7 +46,13 @@ from urllib.parse import unquote
 import yaml
 
 from emrl.errors import EmrlError, close_matches, unknown_name_error
-from emrl.lm.rewards import BUILTIN_REWARDS, build_reward, compute_rewards, reward_name, reward_source
+from emrl.lm.rewards import (
+    BUILTIN_REWARDS,
+    build_reward,
+    compute_rewards,
+    reward_name,
+    reward_source,
+)
 
 RG_PREFIX = "reasoning_gym:"
 DEFAULT_TASK_SPEC = (
