@@ -19,6 +19,7 @@ import importlib
 import sys
 
 from emrl import __version__
+from emrl.clihelp import EmrlArgumentParser
 from emrl.errors import EmrlError
 
 # group name -> (module providing register(subparsers) or register_command(subparsers), help)
@@ -31,7 +32,7 @@ _GROUPS = {
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = EmrlArgumentParser(
         prog="emrl",
         description="Fine-tune transformers with EM-style policy improvement (SFT, V-MPO, AWR, DAR) and PPO.",
     )
@@ -50,12 +51,72 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         mod = importlib.import_module(module)
         if name == "demo":
             mod.register_command(sub, name, help_text)
+            _add_demo_length_options(sub.choices[name])
         else:
             p = sub.add_parser(name, help=help_text, description=help_text)
             group = p.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
             mod.register(group)
             p.set_defaults(func=lambda args, p=p: (p.print_help(), 2)[1])
     return parser
+
+
+#: ``emrl demo --quick``: SFT and V-MPO updates of the short run
+QUICK_SFT_STEPS = 300
+QUICK_RL_STEPS = 30
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _add_demo_length_options(p: argparse.ArgumentParser) -> None:
+    """``--quick`` / ``--sft-max-steps`` / ``--rl-max-steps`` on ``emrl demo``: overrides of
+    the SFT and V-MPO stages' ``max_steps`` (the ``sft`` / ``rl`` entries of its config)."""
+    g = p.add_argument_group("run length (a short demo)")
+    g.add_argument("--quick", action="store_true",
+                   help=f"a short run to try the pipeline (3.5 minutes measured on 2 shared CPU cores): "
+                        f"{QUICK_SFT_STEPS} SFT and {QUICK_RL_STEPS} V-MPO updates; the model learns "
+                        "little, so its accuracies are not the demo's figures")
+    g.add_argument("--sft-max-steps", type=_positive_int, metavar="N", default=None,
+                   help="SFT updates (default: the `emrl lm sft` default, 2000; --quick: "
+                        f"{QUICK_SFT_STEPS})")
+    g.add_argument("--rl-max-steps", type=_positive_int, metavar="N", default=None,
+                   help=f"V-MPO updates (default: the `emrl lm train` default, 300; --quick: {QUICK_RL_STEPS})")
+    run_full = p.get_default("func")
+    p.set_defaults(func=lambda args: _run_demo(args, run_full))
+
+
+def _run_demo(args: argparse.Namespace, run_full) -> int:
+    sft_steps = args.sft_max_steps or (QUICK_SFT_STEPS if args.quick else None)
+    rl_steps = args.rl_max_steps or (QUICK_RL_STEPS if args.quick else None)
+    if sft_steps is None and rl_steps is None:
+        return run_full(args)
+    from dataclasses import replace
+
+    from transformers.utils import logging as hf_logging
+
+    from emrl.config import build_config
+    from emrl.lm.demo import DemoConfig, run_demo
+
+    dc = build_config(DemoConfig, args)
+    stages = {"sft": dict(dc.sft), "rl": dict(dc.rl)}
+    for stage, steps in (("sft", sft_steps), ("rl", rl_steps)):
+        if steps is None:
+            continue
+        over = stages[stage]
+        over["max_steps"] = steps
+        if args.quick and "eval_every" not in getattr(dc, stage):
+            over["eval_every"] = max(1, steps // 3)  # a few points on the learning curves
+    dc = replace(dc, sft=stages["sft"], rl=stages["rl"])
+    hf_logging.disable_progress_bar()  # weight loading/saving bars are noise in a training log
+    run_demo(dc, args.output_dir, overwrite=args.overwrite)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

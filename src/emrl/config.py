@@ -23,13 +23,22 @@ from emrl.errors import ConfigError, close_matches
 T = TypeVar("T")
 
 
-def cfg_field(default: Any, help: str, **kwargs: Any) -> Any:
-    """A dataclass field with a help string (mutable defaults are copied per instance)."""
+def cfg_field(default: Any, help: str, *, group: str | None = None,
+              aliases: tuple[str, ...] = (), **kwargs: Any) -> Any:
+    """A dataclass field with a help string (mutable defaults are copied per instance).
+
+    ``group``: the tag of the ``--help`` section the option is listed in (titles come from
+    the config class's ``HELP_GROUPS``); ``aliases``: older field names still accepted on
+    the command line (as hidden ``--old-name`` options) and in YAML files.
+    """
+    meta = {"help": help, **kwargs}
+    if group is not None:
+        meta["group"] = group
+    if aliases:
+        meta["aliases"] = tuple(aliases)
     if isinstance(default, (list, dict, set)):
-        return dataclasses.field(
-            default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kwargs}
-        )
-    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -94,13 +103,59 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _show_default(value: Any) -> str:
+    """A default as a user would type it on the command line."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value) if value else "'' (empty)"
+    if isinstance(value, dict):
+        return yaml.safe_dump(value, default_flow_style=True).strip() if value else "{}"
+    return str(value)
+
+
+def _parse_mapping(text: str) -> dict:
+    try:
+        value = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as e:
+        raise argparse.ArgumentTypeError(f"expected a YAML mapping such as '{{a: 1}}', got {text!r}") from e
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a YAML mapping such as '{{a: 1}}', got {text!r}")
+    return value
+
+
+def _value_syntax(fields_: list, hints: dict[str, Any]) -> str:
+    """The epilog explaining how to type list, mapping, optional and on/off values."""
+    lists = [f.name for f in fields_ if typing.get_origin(_unwrap_optional(hints[f.name])[0]) in (list, tuple)]
+    maps = [f.name for f in fields_ if _unwrap_optional(hints[f.name])[0] is dict
+            or typing.get_origin(_unwrap_optional(hints[f.name])[0]) is dict]
+    parts = []
+    if lists:
+        flag = "--" + lists[0].replace("_", "-")
+        parts.append(f"lists are comma-separated ({flag} a,b; {flag} '' for an empty list)")
+    if maps:
+        parts.append(f"mappings are YAML (--{maps[0].replace('_', '-')} '{{key: 1, other: 2}}')")
+    parts.append("options shown with default none also take 'none'")
+    parts.append("on/off options take --name / --no-name")
+    example = lists[0] if lists else fields_[0].name if fields_ else "field"
+    return ("Value syntax: " + "; ".join(parts) + ". Values resolve as defaults < --config FILE.yaml < "
+            f"command-line options; the YAML file uses the field names (e.g. {example}: ...).")
+
+
 def add_config_args(
     parser: argparse.ArgumentParser, cls: type, *, exclude: tuple[str, ...] = ()
 ) -> None:
     """Add ``--config`` and one ``--field-name`` option per field of the dataclass ``cls``.
 
     Options default to ``argparse.SUPPRESS`` so :func:`build_config` can tell which ones
-    the user actually typed.
+    the user actually typed. Each option's help shows its default and, for fields with
+    ``choices``, the choices. Fields tagged ``group=`` go into ``--help`` sections in the
+    order and with the titles of ``cls.HELP_GROUPS`` (tag -> title; tag ``"main"`` or no
+    tag: the parser's own options section); sections tagged in
+    ``cls.HELP_GROUP_ALGOS`` (tag -> ``--algo`` value) are shown alone with ``--algo``
+    (:class:`emrl.clihelp.EmrlArgumentParser`).
     """
     if not any(a.dest == "config" for a in parser._actions):
         parser.add_argument(
@@ -108,26 +163,70 @@ def add_config_args(
             help="YAML file of config fields; command-line options override it",
         )
     hints = _hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in exclude or not f.init:
-            continue
+    titles: dict[str, str] = dict(getattr(cls, "HELP_GROUPS", {}) or {})
+    algos: dict[str, str] = dict(getattr(cls, "HELP_GROUP_ALGOS", {}) or {})
+    fields_ = [f for f in dataclasses.fields(cls) if f.name not in exclude and f.init]
+    used = {f.metadata.get("group") for f in fields_} - {None, "main"}
+    groups: dict[str, Any] = {}
+    for tag in [*titles, *sorted(used - set(titles))]:
+        if tag in used:
+            groups[tag] = parser.add_argument_group(titles.get(tag, tag))
+            if tag in algos and hasattr(parser, "algo_groups"):
+                parser.algo_groups[groups[tag]] = algos[tag]
+    for f in fields_:
         tp, _ = _unwrap_optional(hints[f.name])
         default = (
             f.default if f.default is not dataclasses.MISSING
             else f.default_factory() if f.default_factory is not dataclasses.MISSING  # type: ignore[misc]
             else None
         )
-        help_text = f.metadata.get("help", "")
-        help_text = f"{help_text} (default: {default!r})" if help_text else f"default: {default!r}"
+        help_text = f.metadata.get("help", "").replace("%", "%%")
+        shown = f"default: {_show_default(default)}".replace("%", "%%")
+        help_text = f"{help_text} ({shown})" if help_text else shown
         flag = "--" + f.name.replace("_", "-")
+        target = groups.get(f.metadata.get("group"), parser)
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
-        if "choices" in f.metadata:
-            kwargs["choices"] = f.metadata["choices"]
+        choices = f.metadata.get("choices")
+        if choices:
+            kwargs["choices"] = choices
+        origin = typing.get_origin(tp)
         if tp is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            target.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         else:
-            kwargs["metavar"] = f.metadata.get("metavar", f.name.upper())
-            parser.add_argument(flag, type=str, **kwargs)
+            if choices:
+                metavar = "{" + ",".join(map(str, choices)) + "}"
+            elif origin in (list, tuple):
+                (item_tp, *_) = typing.get_args(tp) or (str,)
+                metavar = f"{getattr(item_tp, '__name__', 'str').upper()},..."
+            elif origin is dict or tp is dict:
+                metavar = "YAML"
+            else:
+                metavar = {int: "N", float: "FLOAT"}.get(tp, f.name.upper())
+            kwargs["metavar"] = f.metadata.get("metavar", metavar)
+            kind = _parse_mapping if (origin is dict or tp is dict) else str
+            target.add_argument(flag, type=kind, **kwargs)
+        for alias in f.metadata.get("aliases", ()):  # older names: accepted, not listed
+            alias_kwargs = {**kwargs, "help": argparse.SUPPRESS}
+            if tp is bool:
+                alias_kwargs["action"] = argparse.BooleanOptionalAction
+            else:
+                alias_kwargs["type"] = kind
+            target.add_argument("--" + alias.replace("_", "-"), **alias_kwargs)
+    if parser.epilog is None:
+        parser.epilog = _value_syntax(fields_, hints)
+
+
+def apply_aliases(cls: type, values: dict[str, Any], *, source: str = "config") -> dict[str, Any]:
+    """``values`` with keys that are older names of fields (``cfg_field(aliases=...)``)
+    renamed to the fields' names; giving both names is an error."""
+    out = dict(values)
+    for f in dataclasses.fields(cls):
+        for alias in f.metadata.get("aliases", ()):
+            if alias in out:
+                if f.name in out:
+                    raise ConfigError(f"{source} gives both {alias!r} (the old name) and {f.name!r}; keep {f.name!r}")
+                out[f.name] = out.pop(alias)
+    return out
 
 
 def build_config(cls: type[T], args: argparse.Namespace | None = None, **overrides: Any) -> T:
@@ -149,6 +248,7 @@ def from_dict(cls: type[T], values: dict[str, Any], *, source: str = "config") -
     """Build ``cls`` from a mapping, coercing types and rejecting unknown keys."""
     fields_ = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = _hints(cls)
+    values = apply_aliases(cls, values, source=source)
     unknown = [k for k in values if k not in fields_]
     if unknown:
         k = unknown[0]

@@ -52,14 +52,28 @@ def test_cli_train_then_eval(tmp_path, capsys):
                    "--total-steps", "512", "--eval-episodes", "2", "--output-dir", str(out),
                    "--seed", "3"])
     assert rc == 0
-    assert "final eval return" in capsys.readouterr().out
+    final_line = capsys.readouterr().out.splitlines()[-1]
+    assert final_line.startswith("final eval return: ")
+    # the final line says what it measured, and `control eval` with no options repeats it
+    assert "over 2 episodes, deterministic policy" in final_line and "env seeds" in final_line
+    rc = cli_main(["control", "eval", "--run", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith("mean return: ")
+    assert printed[len("mean return: "):] == final_line[len("final eval return: "):].split(", after")[0]
     rc = cli_main(["control", "eval", "--run", str(out), "--episodes", "3"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert printed.startswith("mean return: ")
     res = json.loads((out / "eval.json").read_text())
-    assert res["episodes"] == 3 and len(res["returns"]) == 3
-    assert float(printed.split(":")[1]) == pytest.approx(res["mean_return"], abs=0.01)
+    assert res["episodes"] == 3 and len(res["returns"]) == 3 and res["deterministic"] is True
+    assert float(printed.split()[2]) == pytest.approx(res["mean_return"], abs=0.01)
+    # sampled actions: its own seeded stream, so the same call gives the same returns
+    outs = []
+    for _ in range(2):
+        assert cli_main(["control", "eval", "--run", str(out), "--episodes", "3", "--stochastic"]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1] and "sampled policy" in outs[0]
     agent, cfg, _ = load_agent(out)
     assert cfg.algo == "vmpo" and cfg.total_steps == 512
     assert isinstance(agent.policy_head.linear.weight, torch.Tensor)

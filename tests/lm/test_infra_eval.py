@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,16 +69,61 @@ def test_evaluate_accuracy_sampled_and_pass_at_k(controlled):
     assert out["sampled_accuracy"] == pytest.approx(n_ok / 30)
 
 
-def test_eval_command_uses_saved_task_and_writes_eval_json(controlled, capsys):
+def test_eval_command_uses_saved_task_and_never_overwrites_the_runs_eval_json(controlled, capsys):
     _, _, _, run = controlled
-    rc = main(["lm", "eval", "--model", str(run / "final"), "--num-prompts", "10",
-               "--max-new-tokens", "6", "--num-samples", "2", "--num-threads", "1"])
-    assert rc == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "accuracy: 0.5000"
-    data = json.loads((run / "eval.json").read_text())
-    assert data["accuracy"] == 0.5 and data["num_prompts"] == 10 and data["num_samples"] == 2
-    assert data["task"]["spec"].endswith("data") and "pass@2" in data
+    training_eval = {"accuracy": 0.25, "sampled_accuracy": 0.2, "pass@8": 0.5, "step": 300}
+    (run / "eval.json").write_text(json.dumps(training_eval))
+    written = []
+    for _ in range(2):  # two evaluations: two files, the run's own eval.json untouched
+        rc = main(["lm", "eval", "--model", str(run / "final"), "--num-prompts", "10",
+                   "--max-new-tokens", "6", "--num-samples", "2", "--num-threads", "1"])
+        assert rc == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0] == "accuracy: 0.5000"
+        assert lines[-1].startswith("wrote ")
+        written.append(Path(lines[-1][len("wrote "):]))
+    assert json.loads((run / "eval.json").read_text()) == training_eval
+    assert written[0] != written[1]
+    for path in written:
+        assert path.parent == run and path.name.startswith("eval-") and path.suffix == ".json"
+        data = json.loads(path.read_text())
+        assert data["accuracy"] == 0.5 and data["num_prompts"] == 10 and data["num_samples"] == 2
+        assert data["task"]["spec"].endswith("data") and "pass@2" in data
+        assert data["written_by"] == "emrl lm eval"
+
+
+def test_eval_of_a_model_that_is_not_a_run_writes_to_the_working_directory(controlled, tmp_path,
+                                                                           monkeypatch, capsys):
+    model, tok, task, _ = controlled
+    bare = tmp_path / "bare_model"  # a model directory that is not an emrl run
+    model.save_pretrained(bare)
+    tok.save_pretrained(bare)
+    save_task_info(bare, task)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    args = ["lm", "eval", "--model", str(bare), "--num-prompts", "4", "--max-new-tokens", "6",
+            "--num-threads", "1"]
+    assert main(args) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {work / 'eval.json'}"
+    assert not (bare / "eval.json").exists()
+    assert json.loads((work / "eval.json").read_text())["num_prompts"] == 4
+    assert main(args) == 0  # its own earlier output is replaced
+    assert sorted(p.name for p in work.iterdir()) == ["eval.json"]
+    # an eval.json that emrl lm eval did not write (e.g. the working directory is a run) stays
+    (work / "eval.json").write_text(json.dumps({"accuracy": 0.1, "step": 5}))
+    assert main(args) == 0
+    out = capsys.readouterr().out.splitlines()[-1]
+    assert out.startswith(f"wrote {work / 'eval-'}")
+    assert json.loads((work / "eval.json").read_text()) == {"accuracy": 0.1, "step": 5}
+    # --output: exactly there (a directory: eval.json inside it)
+    target = tmp_path / "out" / "mine.json"
+    assert main([*args, "--output", str(target)]) == 0
+    assert json.loads(target.read_text())["num_prompts"] == 4
+    folder = tmp_path / "outdir"
+    folder.mkdir()
+    assert main([*args, "--output", str(folder)]) == 0
+    assert (folder / "eval.json").is_file()
 
 
 def test_eval_command_explicit_task_and_output(controlled, tmp_path, capsys):

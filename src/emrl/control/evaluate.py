@@ -22,7 +22,11 @@ def evaluate(
     video_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run ``episodes`` full episodes one after another on a fresh env; return
-    ``{"mean_return", "std_return", "returns", "lengths"}`` (undiscounted, raw rewards).
+    ``{"mean_return", "std_return", "returns", "lengths", "episodes", "deterministic",
+    "seeds"}`` (undiscounted, raw rewards). Episode ``i`` resets the env with seed
+    ``seed + i`` (``seeds`` = first and last); sampled actions (``deterministic=False``)
+    draw from a torch generator seeded with ``seed``, so the same call gives the same
+    returns and the caller's random streams are untouched.
 
     ``video_dir``: record the first episode as MP4 there (needs the env to render
     ``rgb_array`` and the optional ``moviepy`` package).
@@ -51,47 +55,49 @@ def evaluate(
     head = agent.policy_head
     returns, lengths = [], []
     steps = 0
-    try:
-        for ep in range(episodes):
-            obs, _ = env.reset(seed=seed + ep)
-            state = agent.initial_state(1, device)
-            reset = torch.ones(1, 1, dtype=torch.bool, device=device)
-            prev: tuple[torch.Tensor, ...] = ()
-            if getattr(agent, "prev_action_reward", False):  # spec §8 inputs: zero at the start
-                prev = (torch.zeros(1, 1, agent.action_enc_size, device=device),
-                        torch.zeros(1, 1, device=device))
-            total, n, done = 0.0, 0, False
-            while not done:
-                check_finite(env_id, steps, np.asarray(obs), 0.0)
-                o = np.asarray(obs)[None]
-                if obs_rms is not None:
-                    o = obs_rms.normalize(o)
-                x = torch.as_tensor(o, device=device)
-                if x.dtype == torch.float64:
-                    x = x.float()
-                params, _, state = agent(x.unsqueeze(0), state, reset, *prev)
-                reset = torch.zeros_like(reset)
-                a = head.mode(params[0, 0]) if deterministic else head.sample(params[0, 0])
-                a_np = a.cpu().numpy()
-                if discrete:
-                    a_np = int(a_np)
-                else:
-                    a_np = np.clip(a_np, env.action_space.low, env.action_space.high)
-                obs, r, term, trunc, _ = env.step(a_np)
-                if prev:
-                    prev = (agent.encode_action(torch.as_tensor(a_np, device=device)).reshape(1, 1, -1),
-                            torch.full((1, 1), float(r), device=device))
-                steps += 1
-                check_finite(env_id, steps, np.asarray(obs), r)
-                total += float(r)
-                n += 1
-                done = term or trunc
-            returns.append(total)
-            lengths.append(n)
-    finally:
-        env.close()
+    with torch.random.fork_rng(devices=[]):  # sampled actions: own seeded stream
+        torch.manual_seed(seed)
+        try:
+            for ep in range(episodes):
+                obs, _ = env.reset(seed=seed + ep)
+                state = agent.initial_state(1, device)
+                reset = torch.ones(1, 1, dtype=torch.bool, device=device)
+                prev: tuple[torch.Tensor, ...] = ()
+                if getattr(agent, "prev_action_reward", False):  # spec §8 inputs: zero at the start
+                    prev = (torch.zeros(1, 1, agent.action_enc_size, device=device),
+                            torch.zeros(1, 1, device=device))
+                total, n, done = 0.0, 0, False
+                while not done:
+                    check_finite(env_id, steps, np.asarray(obs), 0.0)
+                    o = np.asarray(obs)[None]
+                    if obs_rms is not None:
+                        o = obs_rms.normalize(o)
+                    x = torch.as_tensor(o, device=device)
+                    if x.dtype == torch.float64:
+                        x = x.float()
+                    params, _, state = agent(x.unsqueeze(0), state, reset, *prev)
+                    reset = torch.zeros_like(reset)
+                    a = head.mode(params[0, 0]) if deterministic else head.sample(params[0, 0])
+                    a_np = a.cpu().numpy()
+                    if discrete:
+                        a_np = int(a_np)
+                    else:
+                        a_np = np.clip(a_np, env.action_space.low, env.action_space.high)
+                    obs, r, term, trunc, _ = env.step(a_np)
+                    if prev:
+                        prev = (agent.encode_action(torch.as_tensor(a_np, device=device)).reshape(1, 1, -1),
+                                torch.full((1, 1), float(r), device=device))
+                    steps += 1
+                    check_finite(env_id, steps, np.asarray(obs), r)
+                    total += float(r)
+                    n += 1
+                    done = term or trunc
+                returns.append(total)
+                lengths.append(n)
+        finally:
+            env.close()
     return {
         "mean_return": float(np.mean(returns)), "std_return": float(np.std(returns)),
         "returns": returns, "lengths": lengths, "episodes": episodes,
-        "deterministic": deterministic,
+        "deterministic": deterministic, "seeds": [seed, seed + episodes - 1],
     }

@@ -155,7 +155,7 @@ def train(
         opt = make_adam(groups, cfg.lr, cfg.adam_eps)
         obs_rms = RunningMeanStd(obs_shape(envs.single_observation_space)) if cfg.normalize_obs else None
         batch_steps = cfg.num_envs * cfg.unroll_length
-        num_updates = max(1, cfg.total_steps // batch_steps)
+        num_updates = num_updates_of(cfg)
         update0, wall0, env_steps = 0, 0.0, 0
         gen = torch.Generator().manual_seed(cfg.seed)
         if ckpt_state is not None:
@@ -193,14 +193,15 @@ def train(
                 print(f"note: {cfg.env} could not be snapshotted with the checkpoint (an env that "
                       "cannot be pickled, or async vectorization): the resumed run starts new "
                       "episodes, so it is not bit-identical to an uninterrupted one", file=sys.stderr)
-        bar = progress(total=num_updates * batch_steps, desc=f"{cfg.algo} {cfg.env}", unit="step")
-        bar.update(update0 * batch_steps)
+        bar = progress(total=num_updates * batch_steps, desc=f"{cfg.algo} {cfg.env}", unit="step",
+                       initial=update0 * batch_steps)
         next_eval = _next_multiple(env_steps, cfg.eval_every)
         next_ckpt = _next_multiple(env_steps, cfg.checkpoint_every)
         last_eval: float | None = None
         recent_returns: list[float] = []
         speed_t0, speed_steps = time.perf_counter(), 0
         rec: dict[str, Any] = {}
+        postfix: dict[str, str] = {}
         for update in range(update0, num_updates):
             frac = 1.0 - update / num_updates  # 1 -> 0
             lr = cfg.lr * frac if cfg.anneal_lr else cfg.lr
@@ -278,23 +279,28 @@ def train(
             if rec:
                 writer.log(rec)
                 rec = {}
-            postfix = {"ret": f"{np.mean(recent_returns):.1f}" if recent_returns else "-"}
+            postfix = {"train_return(sampled, last 20 ep)":
+                       f"{np.mean(recent_returns):.1f}" if recent_returns else "-"}
             if last_eval is not None:
-                postfix["eval"] = f"{last_eval:.1f}"
+                postfix[eval_label(cfg)] = f"{last_eval:.1f}"
             bar.set_postfix(postfix, refresh=False)
             if cfg.checkpoint_every and env_steps >= next_ckpt and update + 1 < num_updates:
                 _save(run, cfg, agent, opt, algo, obs_rms, update + 1, env_steps,
                       writer.elapsed, gen, actor)
                 next_ckpt = _next_multiple(env_steps, cfg.checkpoint_every)
+        res = _evaluate(cfg, agent, obs_rms, device, num_updates, full=True)
+        postfix[eval_label(cfg)] = f"{res['mean_return']:.1f}"  # the bar ends on the final line's number
+        bar.set_postfix(postfix, refresh=False)
         bar.close()
-        final_eval = _evaluate(cfg, agent, obs_rms, device, num_updates)
-        final = {"step": num_updates, "samples": env_steps, "eval/return": final_eval}
+        final = {"step": num_updates, "samples": env_steps, "eval/return": res["mean_return"],
+                 "eval/return_std": res["std_return"], "eval/episodes": res["episodes"],
+                 "eval/first_seed": res["seeds"][0], "eval/deterministic": float(res["deterministic"])}
         writer.log(final)
         writer.close()
         _save(run, cfg, agent, opt, algo, obs_rms, num_updates, env_steps,
               writer.elapsed, gen, actor)
         _save_final(run, cfg, agent, obs_rms)
-        return final
+        return {**final, "eval/summary": describe_eval(res)}
     finally:
         envs.close()
 
@@ -311,11 +317,39 @@ def _num(v: Any) -> Any:
     return v
 
 
-def _evaluate(cfg: ControlConfig, agent: Agent, obs_rms, device, salt: int) -> float:
+def eval_seed(cfg: ControlConfig, update: int) -> int:
+    """Env seed of the first episode of the evaluation after ``update`` updates."""
+    return cfg.seed + 100_003 + update
+
+
+def num_updates_of(cfg: ControlConfig) -> int:
+    return max(1, cfg.total_steps // (cfg.num_envs * cfg.unroll_length))
+
+
+def final_eval_seed(cfg: ControlConfig) -> int:
+    """Env seed of the first episode of a run's final evaluation (``emrl control eval``'s
+    default, so that it reproduces the number ``emrl control train`` ends with)."""
+    return eval_seed(cfg, num_updates_of(cfg))
+
+
+def eval_label(cfg: ControlConfig) -> str:
+    policy = "deterministic" if cfg.eval_deterministic else "sampled"
+    return f"eval_return({policy}, {cfg.eval_episodes} ep)"
+
+
+def describe_eval(res: dict[str, Any]) -> str:
+    """``"± 12.30 over 10 episodes, deterministic policy (the mode action), env seeds 5-14"``."""
+    policy = "deterministic policy (the mode action)" if res["deterministic"] else "sampled policy (actions drawn)"
+    a, b = res["seeds"]
+    seeds = f"env seed {a}" if a == b else f"env seeds {a}-{b}"
+    return f"± {res['std_return']:.2f} over {res['episodes']} episodes, {policy}, {seeds}"
+
+
+def _evaluate(cfg: ControlConfig, agent: Agent, obs_rms, device, salt: int, full: bool = False):
     agent.eval()
-    res = evaluate(agent, cfg.env, episodes=cfg.eval_episodes, seed=cfg.seed + 100_003 + salt,
+    res = evaluate(agent, cfg.env, episodes=cfg.eval_episodes, seed=eval_seed(cfg, salt),
                    deterministic=cfg.eval_deterministic, obs_rms=obs_rms, device=device)
-    return res["mean_return"]
+    return res if full else res["mean_return"]
 
 
 def _save(run, cfg, agent, opt, algo, obs_rms, update, env_steps, wall, gen, actor) -> None:

@@ -6,16 +6,24 @@
                  [--output FILE] [--config FILE.yaml] [--seed S] ...
 
 Prints ``accuracy: <value>`` (greedy exact match; ``reward/mean`` when the task has no
-answers) followed by the other metrics, and writes them as JSON to ``eval.json``: in the
-run directory when the model is an emrl run's ``final/`` (DESIGN.md run-directory
-contract), else inside the model directory, or at ``--output``. Without ``--task`` the
-task saved with the model by the emrl run that trained it is used (same held-out split).
+answers) followed by the other metrics, and writes them as JSON to ``--output`` or, by
+default, to a new file that never replaces a training run's own ``eval.json``:
+
+* the model is a run's ``final/`` (emrl lm sft / train): ``RUN/eval-<timestamp>.json``;
+* any other model: ``eval.json`` in the working directory (``eval-<timestamp>.json``
+  there if an ``eval.json`` not written by ``emrl lm eval`` is in the way).
+
+Without ``--task`` the task saved with the model by the emrl run that trained it is used
+(same held-out split), and so are its reward functions; one the run recorded as defined in
+a script (not importable by name) is replaced by the task's own reward, with a note, unless
+``--reward-funcs`` names one.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,52 +37,118 @@ from emrl.errors import EmrlError
 class EvalConfig:
     """Config of ``emrl lm eval`` (every field is also a ``--field-name`` option)."""
 
-    model: str | None = cfg_field(None, "Model: 'tiny' or a local HF causal-LM directory (required).")
+    HELP_GROUPS = {"model": "model & task", "sampling": "what to measure",
+                   "reward": "reward", "output": "output & runtime"}
+
+    model: str | None = cfg_field(None, "'tiny' or a local HF causal-LM directory (required)", group="main")
     task: str | None = cfg_field(
-        None,
-        "Task spec: reasoning_gym:<name>[?k=v&...] or a data file; default: the task saved "
-        "with the model, else the default arithmetic task.",
-    )
-    num_prompts: int = cfg_field(200, "Held-out prompts to evaluate on.")
-    greedy: bool = cfg_field(True, "Evaluate greedy decoding (exact-match 'accuracy').")
-    num_samples: int = cfg_field(
-        0, "Samples per prompt at --temperature for sampled accuracy and pass@k (0: none)."
-    )
-    temperature: float = cfg_field(1.0, "Sampling temperature for --num-samples.")
-    top_p: float = cfg_field(1.0, "Nucleus sampling threshold for --num-samples.")
-    max_new_tokens: int | None = cfg_field(
-        None, "Completion budget in tokens (default: longest answer + EOS + 4)."
-    )
-    batch_size: int = cfg_field(256, "Sequences per generate call.")
-    seed: int = cfg_field(0, "Seed of sampling, and of the task split when --task is given.")
+        None, "task SPEC: reasoning_gym:<name>[?k=v&...], a data file or saved dataset dir; none: the "
+        "task saved with the model, else the default arithmetic task", group="model")
     num_eval: int | None = cfg_field(
-        None, "Held-out set size when building the task (default: the saved one, or 200)."
-    )
-    template: str | None = cfg_field(None, "Prompt template override (str.format fields).")
-    reward_funcs: list[str] | None = cfg_field(
-        None, "Reward functions (module:function, exact_match, verifier, reward-model dir)."
-    )
-    reward_weights: list[float] | None = cfg_field(None, "Weights of --reward-funcs.")
+        None, "held-out set size when building the task (none: the saved one, or 200)", group="model")
+    template: str | None = cfg_field(
+        None, "prompt template override, str.format placeholders: {question} and metadata fields "
+        "(reasoning-gym), or a dataset's columns such as {prompt}", group="model")
+    seed: int = cfg_field(0, "seed of sampling, and of the task split when --task is given", group="model")
+    num_prompts: int = cfg_field(200, "held-out prompts to evaluate on", group="sampling")
+    greedy: bool = cfg_field(True, "evaluate greedy decoding (exact-match 'accuracy')", group="sampling")
+    num_samples: int = cfg_field(
+        0, "samples per prompt at --temperature for sampled accuracy and pass@k (0: none)", group="sampling")
+    temperature: float = cfg_field(1.0, "sampling temperature for --num-samples", group="sampling")
+    top_p: float = cfg_field(1.0, "nucleus sampling threshold for --num-samples", group="sampling")
+    max_new_tokens: int | None = cfg_field(
+        None, "completion budget in tokens (none: longest answer + EOS + 4)", group="sampling")
     truncate_prompts: bool = cfg_field(
-        False, "Cut prompts longer than the context from the left instead of failing."
-    )
-    trust_remote_code: bool = cfg_field(False, "Allow the model directory's own code.")
+        False, "cut prompts longer than the context from the left instead of failing", group="sampling")
+    reward_funcs: list[str] | None = cfg_field(
+        None, "reward functions: module:function (TRL signature), exact_match, verifier (reasoning-gym) "
+        "or a reward-model dir (none: those recorded with the model's task, else the task's own)",
+        group="reward")
+    reward_weights: list[float] | None = cfg_field(None, "weights of --reward-funcs (none: all 1)",
+                                                   group="reward")
+    output: str | None = cfg_field(
+        None, "file (or directory) to write the results to (none: RUN/eval-<timestamp>.json for a run's "
+        "final/, else ./eval.json; never a training run's eval.json)", group="output")
+    save_samples: bool = cfg_field(False, "also write each prompt's completions to the results",
+                                   group="output")
+    batch_size: int = cfg_field(256, "sequences per generate call", group="output")
+    trust_remote_code: bool = cfg_field(False, "allow the model directory's own code", group="output")
     num_threads: int | None = cfg_field(
-        None, "torch CPU threads (default: $EMRL_NUM_THREADS or all usable CPUs)."
-    )
-    device: str | None = cfg_field(None, "Device, e.g. cpu or cuda (default: cuda if available).")
-    output: str | None = cfg_field(None, "Where to write eval.json (default: see command help).")
-    save_samples: bool = cfg_field(False, "Also write each prompt's completions to eval.json.")
+        None, "torch CPU threads (none: $EMRL_NUM_THREADS or all usable CPUs)", group="output")
+    device: str | None = cfg_field(None, "device, e.g. cpu or cuda (none: cuda if available)", group="output")
 
 
-def _default_output(model: str) -> Path | None:
-    p = Path(model)
-    if not p.is_dir():
-        return None
-    parent = p.parent
-    if p.name == "final" and any((parent / n).exists() for n in ("config.yaml", "metrics.jsonl")):
-        return parent / "eval.json"
-    return p / "eval.json"
+#: ``written_by`` of the JSON files this command writes
+WRITTEN_BY = "emrl lm eval"
+
+
+def _is_run_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / n).exists() for n in ("config.yaml", "metrics.jsonl"))
+
+
+def _ours(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("written_by") == WRITTEN_BY
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _stamped(folder: Path) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out, i = folder / f"eval-{stamp}.json", 2
+    while out.exists():
+        out, i = folder / f"eval-{stamp}-{i}.json", i + 1
+    return out
+
+
+def default_output(model: str, output: str | None = None, cwd: str | Path | None = None) -> Path:
+    """Where ``emrl lm eval`` writes its results (see the module docstring).
+
+    ``output``: the user's ``--output`` (a file, or a directory to write into).
+    Never a training run's ``eval.json``.
+    """
+    if output:
+        out = Path(output)
+        if not out.is_dir():
+            return out
+        folder = out
+    else:
+        p = Path(model)
+        if p.name == "final" and _is_run_dir(p.parent):
+            return _stamped(p.parent)
+        folder = Path(cwd) if cwd is not None else Path.cwd()
+    target = folder / "eval.json"
+    if target.exists() and not _ours(target):
+        return _stamped(folder)
+    return target
+
+
+def _saved_rewards(info: dict, cfg: EvalConfig) -> tuple[list | None, list | None, str | None]:
+    """The reward functions to evaluate with: ``--reward-funcs``, else those recorded with
+    the model's task. The third value explains a recorded one that cannot be imported here
+    (e.g. defined in the training script); the caller then uses the task's own reward."""
+    from emrl.lm.rewards import resolve_reward
+
+    specs = info.get("reward_funcs")
+    if cfg.reward_funcs is not None or not specs:
+        return cfg.reward_funcs, cfg.reward_weights, None
+    sources = {s.get("spec"): s for s in info.get("reward_sources") or []}
+    for spec in specs:
+        if spec == "verifier":
+            continue
+        try:
+            resolve_reward(spec)
+        except EmrlError as e:
+            src = sources.get(spec, {})
+            where = f" (defined in {src['defined_in']})" if src.get("defined_in") else ""
+            why = ("it was defined in the training script, so it cannot be imported by name"
+                   if src.get("note") or spec.startswith("__main__:") else f"it cannot be imported here ({e})")
+            return None, None, f"the model was trained with reward function {spec!r}{where}; {why}"
+    return cfg.reward_funcs, cfg.reward_weights, None
+
+
+_REWARD_HINT = ("To score with that function, put it in an importable module and pass --reward-funcs "
+                "module:function (or --reward-funcs exact_match / verifier for a built-in reward)")
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
@@ -99,11 +173,22 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     info = load_task_info(cfg.model) if Path(cfg.model).is_dir() else None
+    note = None
     if cfg.task is None and info is not None:
+        funcs, weights, note = _saved_rewards(info, cfg)
+        if note is not None:
+            info = {**info, "reward_funcs": None, "reward_weights": None}
         task = load_task_from_info(
-            info, num_eval=cfg.num_eval, template=cfg.template, reward_funcs=cfg.reward_funcs,
-            reward_weights=cfg.reward_weights, num_train=0,
+            info, num_eval=cfg.num_eval, template=cfg.template, reward_funcs=funcs,
+            reward_weights=weights, num_train=0,
         )
+        if note is not None and task.reward_fn is None and not task.has_answers:
+            raise EmrlError(f"{note}, and task {task.name!r} has no reward or answers of its own. "
+                            f"{_REWARD_HINT}")
+        if note is not None:
+            own = "exact-match accuracy only" if task.reward_fn is None else "the task's own reward"
+            note = f"{note}. reward/mean below uses {own} instead. {_REWARD_HINT}"
+            print(f"note: {note}", file=sys.stderr, flush=True)
     else:
         task = load_task(
             cfg.task, seed=cfg.seed, num_train=0, num_eval=cfg.num_eval or 200,
@@ -130,12 +215,13 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         "num_threads": threads,
         "device": str(device),
         "wall_time": time.time() - start,
+        "written_by": WRITTEN_BY,
+        **({"reward_note": note} if note else {}),
         **({"samples": results["samples"]} if "samples" in results else {}),
     }
-    out = Path(cfg.output) if cfg.output else _default_output(cfg.model)
-    if out is not None:
-        atomic_write_json(out, results)
-        results["_path"] = str(out)
+    out = default_output(cfg.model, cfg.output)
+    atomic_write_json(out, results)
+    results["_path"] = str(out)
     return results
 
 
@@ -152,11 +238,7 @@ def _main(args: argparse.Namespace) -> int:
     for k, v in results.items():
         if k != head and isinstance(v, (int, float)) and not isinstance(v, bool):
             print(f"{k}: {_format(v)}")
-    if path:
-        print(f"wrote {path}")
-    else:
-        print(json.dumps({"note": "no --output given and the model is not a directory; "
-                                  "eval.json not written"}))
+    print(f"wrote {path}")
     return 0
 
 
@@ -166,7 +248,7 @@ def register_eval(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
         "eval",
         help="held-out accuracy / reward of a model on a task; writes eval.json",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="%(prog)s --model DIR|tiny [--task SPEC] [--num-samples K] [--output FILE] [OPTIONS]",
     )
     add_config_args(p, EvalConfig)
     p.set_defaults(func=_main)

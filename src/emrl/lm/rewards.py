@@ -50,6 +50,60 @@ def reward_name(fn: Any) -> str:
     return str(name)
 
 
+#: what a run records for a reward function that cannot be imported by name
+SCRIPT_REWARD_NOTE = "defined in a script — pass --reward-funcs to evaluate"
+
+
+def _importable_as(fn: Any) -> str | None:
+    """``"module:qualname"`` if importing that name gives back ``fn``, else None."""
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    if not module or not qualname or module == "__main__" or "<" in qualname:
+        return None
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError):
+        return None
+    return f"{module}:{qualname}" if obj is fn else None
+
+
+def reward_source(spec: Any) -> dict[str, Any]:
+    """How a run records one reward function (spec or callable), so it can be re-created.
+
+    Returns ``{"spec": str, "importable": bool}`` plus, for a function that cannot be
+    imported by name (defined in ``__main__``, i.e. the user's script, or inside another
+    function), ``"defined_in"`` (its source file, when known) and ``"note"``
+    (:data:`SCRIPT_REWARD_NOTE`). ``spec`` is what ``--reward-funcs`` takes: a built-in
+    name, ``module:function``, or a reward-model directory (made absolute).
+    """
+    if isinstance(spec, str):
+        if spec in BUILTIN_REWARDS or spec == "verifier":
+            return {"spec": spec, "importable": True}
+        if os.path.isdir(os.path.expanduser(spec)):
+            return {"spec": str(Path(os.path.expanduser(spec)).resolve()), "importable": True}
+        if spec.split(":")[0] != "__main__":
+            return {"spec": spec, "importable": True}
+        out: dict[str, Any] = {"spec": spec, "importable": False}
+    else:
+        own = getattr(spec, "reward_name", None)
+        if isinstance(spec, RewardModel):
+            return {"spec": spec.path, "importable": True}
+        if own in BUILTIN_REWARDS and BUILTIN_REWARDS[own] is spec:
+            return {"spec": own, "importable": True}
+        if isinstance(own, str) and own.startswith("verifier:"):
+            return {"spec": "verifier", "importable": True}
+        name = _importable_as(spec)
+        if name is not None:
+            return {"spec": name, "importable": True}
+        out = {"spec": reward_name(spec), "importable": False}
+        code = getattr(spec, "__code__", None) or getattr(type(spec).__call__, "__code__", None)
+        if code is not None and code.co_filename and not code.co_filename.startswith("<"):
+            out["defined_in"] = str(Path(code.co_filename).resolve())
+    out["note"] = SCRIPT_REWARD_NOTE
+    return out
+
+
 def exact_match(prompts: list[str], completions: list[str], answer: list[Any], **_: Any) -> list[float]:
     """1.0 where ``completion.strip() == str(answer).strip()``, else 0.0."""
     return [float(c.strip() == str(a).strip()) for c, a in zip(completions, answer, strict=True)]
@@ -253,6 +307,7 @@ class RewardModel:
         from emrl.lm.models import context_length
 
         self.max_length = max_length or context_length(self.model)
+        self.path = str(p.resolve())
         self.reward_name = f"reward_model:{p.name}"
 
     @torch.no_grad()

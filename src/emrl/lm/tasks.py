@@ -46,7 +46,13 @@ from urllib.parse import unquote
 import yaml
 
 from emrl.errors import EmrlError, close_matches, unknown_name_error
-from emrl.lm.rewards import BUILTIN_REWARDS, build_reward, compute_rewards, reward_name
+from emrl.lm.rewards import (
+    BUILTIN_REWARDS,
+    build_reward,
+    compute_rewards,
+    reward_name,
+    reward_source,
+)
 
 RG_PREFIX = "reasoning_gym:"
 DEFAULT_TASK_SPEC = (
@@ -82,6 +88,8 @@ class Task:
     template: str
     reward_fn: Callable[..., Sequence[float]] | None
     options: dict = field(default_factory=dict)
+    #: what a user should know about how the task was built (e.g. rows held out of training)
+    notes: list[str] = field(default_factory=list)
 
     def reward_columns(self, rows: Sequence[dict]) -> dict[str, list[Any]]:
         """TRL-style keyword columns for ``rows``: every key except prompt/completion."""
@@ -388,15 +396,21 @@ def _check_user_rows(rows: list[dict], where: str) -> None:
 
 
 def _load_user_task(spec, *, seed, num_train, num_eval, template):
+    """Train and held-out rows of a user dataset, and notes on rows kept out of training."""
     path = Path(os.path.expanduser(spec))
     rows, held = _read_user_rows(path)
     _check_user_rows(rows, repr(str(path)))
     template = template if template is not None else USER_TEMPLATE
+    notes: list[str] = []
     if held is not None:
         _check_user_rows(held, f"{str(path)!r} (held-out split)")
         held_texts = {r["prompt"] for r in held}
         train_raw = [r for r in rows if r["prompt"] not in held_texts]
         eval_raw = list({r["prompt"]: r for r in reversed(held)}.values())[::-1][:num_eval]
+        if len(train_raw) < len(rows) and num_train != 0:
+            notes.append(
+                f"{len(rows) - len(train_raw)} of the {len(rows)} training rows of {path.name} were "
+                "left out of training: their prompts are also in its held-out split")
     else:
         groups: dict[str, list[dict]] = {}
         for r in rows:
@@ -406,11 +420,17 @@ def _load_user_task(spec, *, seed, num_train, num_eval, template):
         n_eval = num_eval if len(texts) >= 2 * num_eval else min(num_eval, len(texts) // 2)
         eval_raw = [groups[t][0] for t in texts[:n_eval]]
         train_raw = [r for t in texts[n_eval:] for r in groups[t]]
+        if n_eval and num_train != 0:
+            notes.append(
+                f"{len(rows) - len(train_raw)} of the {len(rows)} rows of {path.name} ({n_eval} prompts) "
+                f"are held out for evaluation and not trained on (num_eval={num_eval}). To train on "
+                "every row, save the dataset with a 'test' split for evaluation (datasets.DatasetDict"
+                "(train=..., test=...).save_to_disk(DIR)) or pass --num-eval 0")
     if num_train is not None:
         train_raw = train_raw[:num_train]
     train = [_user_row(r, template) for r in train_raw]
     evals = [_user_row(r, template) for r in eval_raw]
-    return train, evals, template
+    return train, evals, template, notes
 
 
 # ---------------------------------------------------------------------------- loading
@@ -451,6 +471,7 @@ def load_task(
     is_default = spec is None or spec == "" or spec == "default"
     resolved = DEFAULT_TASK_SPEC if is_default else str(spec)
     verifier = None
+    notes: list[str] = []
     if resolved.startswith(RG_PREFIX):
         name, options = parse_rg_spec(resolved)
         train, evals, template, verifier = _load_rg_task(
@@ -478,7 +499,7 @@ def load_task(
                 f"{'/'.join(USER_EXTENSIONS)} file or a saved dataset directory)"
             )
         resolved = str(path.resolve())
-        train, evals, template = _load_user_task(
+        train, evals, template, notes = _load_user_task(
             resolved, seed=seed, num_train=num_train, num_eval=num_eval, template=template
         )
         task_name = path.name
@@ -488,6 +509,7 @@ def load_task(
         ) else None
     reward_fn = default_reward
     reward_specs: list[str] | None = None
+    reward_sources: list[dict] | None = None
     if reward_funcs:
         specs = []
         for s in reward_funcs:
@@ -498,7 +520,8 @@ def load_task(
             else:
                 specs.append(s)
         reward_fn = build_reward(specs, reward_weights)
-        reward_specs = [s if isinstance(s, str) else reward_name(s) for s in reward_funcs]
+        reward_sources = [reward_source(s) for s in reward_funcs]
+        reward_specs = [src["spec"] for src in reward_sources]
     options = {
         "seed": seed,
         "num_train": num_train,
@@ -507,6 +530,9 @@ def load_task(
         "reward_funcs": reward_specs,
         "reward_weights": list(reward_weights) if reward_weights is not None else None,
     }
+    if reward_sources is not None and not all(src["importable"] for src in reward_sources):
+        options["reward_sources"] = reward_sources  # with how to re-create each one
+    options["reward"] = None if reward_fn is None else reward_name(reward_fn)  # readable, for records
     return Task(
         name=task_name,
         spec=None if is_default else resolved,
@@ -515,6 +541,7 @@ def load_task(
         template=template,
         reward_fn=reward_fn,
         options=options,
+        notes=notes,
     )
 
 

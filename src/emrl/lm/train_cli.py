@@ -50,10 +50,36 @@ def _run(cls: type, args: argparse.Namespace) -> int:
     if trainer.accelerator.is_main_process:
         out = Path(args.output_dir)
         print(f"final model: {out / 'final'}")
-        for key in ("eval/accuracy", "eval/sampled_accuracy", "reward/mean"):
-            if last.get(key) is not None:
-                print(f"{key.split('/')[-1]}: {last[key]:.4f}")
+        for line in final_lines(trainer, last):
+            print(line)
     return 0
+
+
+def final_lines(trainer, last: dict) -> list[str]:
+    """What ``lm sft`` / ``lm train`` print at the end, each line saying what its number is:
+    the last update's training reward, then the final held-out evaluation (the last line
+    is held-out greedy accuracy when the task has answers)."""
+    cfg = trainer.cfg
+    lines = []
+    if last.get("reward/mean") is not None:
+        k = getattr(cfg, "num_samples", 1)
+        lines.append(f"last update's mean training reward: {last['reward/mean']:.4f} "
+                     f"({cfg.batch_size} prompts x {k} samples, T={getattr(cfg, 'temperature', 1.0):g})")
+    ev = trainer.last_eval
+    if not ev:
+        why = ("eval_num_prompts=0" if cfg.eval_num_prompts <= 0 else
+               f"task {trainer.task.name!r} has no held-out prompts")
+        lines.append(f"no held-out evaluation ({why})")
+        return lines
+    n = ev.get("num_prompts")
+    if ev.get("sampled_accuracy") is not None:
+        lines.append(f"final held-out sampled accuracy: {ev['sampled_accuracy']:.3f} "
+                     f"({n} prompts x {ev.get('num_samples')} samples, T={ev.get('temperature', 1.0):g})")
+    if ev.get("reward/mean") is not None and ev.get("accuracy") is None:
+        lines.append(f"final held-out greedy reward: {ev['reward/mean']:.3f} ({n} prompts)")
+    if ev.get("accuracy") is not None:
+        lines.append(f"final held-out greedy accuracy: {ev['accuracy']:.3f} ({n} prompts)")
+    return lines
 
 
 def register_sft(subparsers: argparse._SubParsersAction) -> None:

@@ -28,77 +28,93 @@ def _check(cond: bool, msg: str) -> None:
 class CommonTrainConfig:
     """Fields shared by SFT and RL runs (model, data, optimiser, M-step, logging)."""
 
-    model: str = cfg_field("tiny", "'tiny' (fresh offline model) or a local HF causal-LM directory")
+    #: ``--help`` sections (tag -> title), in order; see :func:`emrl.config.add_config_args`
+    HELP_GROUPS = {
+        "model": "model & data", "sft": "SFT target (E-step)", "rollout": "rollouts, reward & advantages",
+        "optim": "optimisation", "mstep": "M-step & trust region", "eval": "evaluation",
+        "logging": "logging & checkpoints", "vmpo": "V-MPO (--algo vmpo)", "awr": "AWR (--algo awr)",
+        "dar": "DAR (--algo dar)", "ppo": "PPO (--algo ppo)",
+    }
+    HELP_GROUP_ALGOS = {"vmpo": "vmpo", "awr": "awr", "dar": "dar", "ppo": "ppo"}
+
+    model: str = cfg_field("tiny", "'tiny' (fresh offline model) or a local HF causal-LM directory", group="model")
     task: str | None = cfg_field(
         None, "task SPEC: reasoning_gym:<name>[?k=v&...], a local JSONL/CSV/parquet file or saved "
-        "dataset dir; empty: the model's own task (saved with it) or the default arithmetic task")
-    template: str | None = cfg_field(None, "prompt template with {question} (None: the task's default)")
-    num_train: int | None = cfg_field(None, "training items to use (None: the task's default)")
-    num_eval: int = cfg_field(200, "held-out items set aside for evaluation")
-    seed: int = cfg_field(0, "seed for model init, data order, sampling and dropout")
-    max_steps: int = cfg_field(100, "number of updates (one batch each)")
-    batch_size: int = cfg_field(64, "global batch: examples (SFT) or prompts (RL) per update, over all processes")
+        "dataset dir; empty: the model's own task (saved with it) or the default arithmetic task", group="model")
+    template: str | None = cfg_field(
+        None, "prompt template, str.format placeholders in braces. reasoning-gym tasks: {question} and the "
+        "scalar metadata fields (e.g. {expression}; default '{question}\\nAnswer: ', the default task "
+        "'{expression}='); a user dataset: any of its columns, e.g. '{prompt}' (the default) or "
+        "'Q: {question}\\nA: ' for a dataset with a 'question' column", group="model")
+    num_train: int | None = cfg_field(None, "training items to use (None: the task's default)", group="model")
+    num_eval: int = cfg_field(
+        200, "held-out items set aside for evaluation; a user dataset without a 'test' split loses "
+        "these rows from training (a saved dataset's 'test' split is used instead; 0: train on all)",
+        group="model")
+    seed: int = cfg_field(0, "seed for model init, data order, sampling and dropout", group="model")
+    max_steps: int = cfg_field(100, "number of updates (one batch each)", group="optim")
+    batch_size: int = cfg_field(64, "global batch: examples (SFT) or prompts (RL) per update, over all processes", group="optim")
     minibatch_size: int | None = cfg_field(
-        None, "sequences per M-step gradient step on each process (None: the whole local batch)")
-    epochs: int = cfg_field(1, "M-step epochs over each batch")
-    learning_rate: float = cfg_field(3e-3, "Adam(W) learning rate of the policy")
-    weight_decay: float = cfg_field(0.0, "AdamW weight decay")
-    adam_beta2: float = cfg_field(0.99, "AdamW beta2")
-    max_grad_norm: float = cfg_field(1.0, "gradient-norm clip (<= 0: off)")
+        None, "sequences per M-step gradient step on each process (None: the whole local batch)", group="optim")
+    epochs: int = cfg_field(1, "M-step epochs over each batch", group="optim")
+    learning_rate: float = cfg_field(3e-3, "Adam(W) learning rate of the policy", group="optim")
+    weight_decay: float = cfg_field(0.0, "AdamW weight decay", group="optim")
+    adam_beta2: float = cfg_field(0.99, "AdamW beta2", group="optim")
+    max_grad_norm: float = cfg_field(1.0, "gradient-norm clip (<= 0: off)", group="optim")
     lr_scheduler: str = cfg_field(
-        "cosine", "learning-rate schedule after warm-up", choices=["constant", "linear", "cosine"])
-    warmup_steps: int = cfg_field(0, "linear warm-up updates")
-    min_lr_ratio: float = cfg_field(0.1, "final lr / peak lr for the linear and cosine schedules")
+        "cosine", "learning-rate schedule after warm-up", choices=["constant", "linear", "cosine"], group="optim")
+    warmup_steps: int = cfg_field(0, "linear warm-up updates", group="optim")
+    min_lr_ratio: float = cfg_field(0.1, "final lr / peak lr for the linear and cosine schedules", group="optim")
     dropout: float | None = cfg_field(
-        None, "model attention+residual dropout p (spec §9); None keeps the model's own")
+        None, "model attention+residual dropout p (spec §9); None keeps the model's own", group="model")
     mstep_dropout: bool = cfg_field(
-        True, "dropout active in M-step forward passes (spec §9); rollouts are always in eval mode")
+        True, "dropout active in M-step forward passes (spec §9); rollouts are always in eval mode", group="mstep")
     trust_region: bool = cfg_field(
-        False, "add the alpha trust region on KL(pi_old || pi_theta) per token (spec §5 eq. 1)")
-    eps_alpha: float = cfg_field(0.01, "KL budget epsilon_alpha of the trust region (nats per token)")
-    alpha_init: float = cfg_field(1.0, "initial trust-region multiplier alpha")
-    alpha_lr: float = cfg_field(0.05, "learning rate of alpha's dual parameter")
+        False, "add the alpha trust region on KL(pi_old || pi_theta) per token (spec §5 eq. 1)", group="mstep")
+    eps_alpha: float = cfg_field(0.01, "KL budget epsilon_alpha of the trust region (nats per token)", group="mstep")
+    alpha_init: float = cfg_field(1.0, "initial trust-region multiplier alpha", group="mstep")
+    alpha_lr: float = cfg_field(0.05, "learning rate of alpha's dual parameter", group="mstep")
     dual_schedule: str = cfg_field(
         "update", "when alpha's dual steps: once per update on the realised KL of the whole M-step "
         "('update'), or at every gradient step on that minibatch's KL ('step', spec §5 eq. 1 literally)",
-        choices=["update", "step"])
+        choices=["update", "step"], group="mstep")
     anneal_eps_alpha: bool = cfg_field(
         True, "anneal the KL budget eps_alpha with the learning-rate schedule (the budget sets the "
-        "step, so it is what must shrink for the policy to settle)")
+        "step, so it is what must shrink for the policy to settle)", group="mstep")
     trust_region_states: str = cfg_field(
         "selected", "states over which the trust region's KL(pi_old || pi_theta) is taken: those of "
         "the samples the E-step selected (the M-step only fits those, so it skips the rest: about "
-        "1/rho less work) or of every sample ('all', spec §5 literally)", choices=["selected", "all"])
+        "1/rho less work) or of every sample ('all', spec §5 literally)", choices=["selected", "all"], group="mstep")
     kl_early_stop: bool = cfg_field(
         True, "end the M-step's gradient steps once the measured KL(pi_old || pi_theta) reaches "
-        "eps_alpha: the KL budget, not the learning rate, sets the size of an update")
+        "eps_alpha: the KL budget, not the learning rate, sets the size of an update", group="mstep")
     kl_adapt_lr: bool = cfg_field(
         True, "adapt the M-step's learning rate to the KL budget: double it while a step moves the "
-        "policy by less than eps_alpha/4, shrink it by the backtracking factor when an update overshoots")
+        "policy by less than eps_alpha/4, shrink it by the backtracking factor when an update overshoots", group="mstep")
     kl_backtrack: float | None = cfg_field(
         2.0, "after the M-step, scale an update whose realised KL exceeds this x eps_alpha back "
-        "towards pi_old (halving the step) until it does not; None: off (saves a parameter copy)")
+        "towards pi_old (halving the step) until it does not; None: off (saves a parameter copy)", group="mstep")
     kl_estimator: str = cfg_field(
         "exact", "KL(pi_old||pi_theta): exact from logits, or the sampled k3 estimator for large vocabularies",
-        choices=["exact", "k3"])
-    kl_chunk_size: int | None = cfg_field(None, "positions per chunk of the exact KL (None: all at once)")
-    max_new_tokens: int = cfg_field(8, "longest completion sampled or evaluated")
-    eval_every: int = cfg_field(0, "evaluate held-out greedy accuracy every N updates (0: only at the end)")
+        choices=["exact", "k3"], group="mstep")
+    kl_chunk_size: int | None = cfg_field(None, "positions per chunk of the exact KL (None: all at once)", group="mstep")
+    max_new_tokens: int = cfg_field(8, "longest completion sampled or evaluated", group="model")
+    eval_every: int = cfg_field(0, "evaluate held-out greedy accuracy every N updates (0: only at the end)", group="eval")
     eval_at_start: bool = cfg_field(
-        True, "evaluate the start model before the first update, so every curve starts at step 0")
+        True, "evaluate the start model before the first update, so every curve starts at step 0", group="eval")
     max_minutes: float | None = cfg_field(
-        None, "stop after this many minutes of training (evaluations excluded), even before max_steps")
-    eval_num_prompts: int = cfg_field(200, "held-out prompts per evaluation")
-    eval_samples: int = cfg_field(4, "samples per prompt for sampled accuracy (0: greedy only)")
-    eval_temperature: float = cfg_field(1.0, "temperature of sampled accuracy")
-    eval_batch_size: int = cfg_field(200, "prompts per generation batch in evaluation")
-    save_every: int = cfg_field(0, "write checkpoint-<step> every N updates (0: only the last)")
-    keep_checkpoints: int = cfg_field(2, "checkpoints kept (<= 0: all)")
-    log_every: int = cfg_field(1, "write metrics.jsonl every N updates")
+        None, "stop after this many minutes of training (evaluations excluded), even before max_steps", group="optim")
+    eval_num_prompts: int = cfg_field(200, "held-out prompts per evaluation", group="eval")
+    eval_samples: int = cfg_field(4, "samples per prompt for sampled accuracy (0: greedy only)", group="eval")
+    eval_temperature: float = cfg_field(1.0, "temperature of sampled accuracy", group="eval")
+    eval_batch_size: int = cfg_field(200, "prompts per generation batch in evaluation", group="eval")
+    save_every: int = cfg_field(0, "write checkpoint-<step> every N updates (0: only the last)", group="logging")
+    keep_checkpoints: int = cfg_field(2, "checkpoints kept (<= 0: all)", group="logging")
+    log_every: int = cfg_field(1, "write metrics.jsonl every N updates", group="logging")
     max_nonfinite_steps: int = cfg_field(
-        5, "stop after this many M-step gradient steps in a row with a non-finite loss or gradient")
-    num_threads: int | None = cfg_field(None, "torch CPU threads (None: EMRL_NUM_THREADS or all allowed CPUs)")
-    tensorboard: bool = cfg_field(False, "also log scalars to DIR/tensorboard")
+        5, "stop after this many M-step gradient steps in a row with a non-finite loss or gradient", group="optim")
+    num_threads: int | None = cfg_field(None, "torch CPU threads (None: EMRL_NUM_THREADS or all allowed CPUs)", group="optim")
+    tensorboard: bool = cfg_field(False, "also log scalars to DIR/tensorboard", group="logging")
 
     def validate(self) -> None:
         _check(self.max_steps >= 0, f"max_steps must be >= 0, got {self.max_steps}")
@@ -133,16 +149,16 @@ class SFTConfig(CommonTrainConfig):
     target: str = cfg_field(
         "delta", "E-step target: delta on demonstrations, label_smoothing, nbest (k samples from the "
         "model + the demonstration, weighted by reward) or distill (forward KL to a teacher)",
-        choices=list(SFT_TARGETS))
-    label_smoothing: float = cfg_field(0.1, "smoothing mass epsilon for target=label_smoothing")
-    teacher: str | None = cfg_field(None, "teacher model directory for target=distill")
-    distill_temperature: float = cfg_field(1.0, "teacher softmax temperature for target=distill")
-    nbest_n: int = cfg_field(4, "candidates per prompt sampled from the model for target=nbest")
-    nbest_temperature: float = cfg_field(0.5, "softmax temperature over candidate rewards for target=nbest")
-    max_steps: int = cfg_field(2000, "number of updates (one batch each)")
-    batch_size: int = cfg_field(64, "global batch: examples per update, over all processes")
-    learning_rate: float = cfg_field(3e-3, "AdamW learning rate")
-    warmup_steps: int = cfg_field(20, "linear warm-up updates")
+        choices=list(SFT_TARGETS), group="sft")
+    label_smoothing: float = cfg_field(0.1, "smoothing mass epsilon for target=label_smoothing", group="sft")
+    teacher: str | None = cfg_field(None, "teacher model directory for target=distill", group="sft")
+    distill_temperature: float = cfg_field(1.0, "teacher softmax temperature for target=distill", group="sft")
+    nbest_n: int = cfg_field(4, "candidates per prompt sampled from the model for target=nbest", group="sft")
+    nbest_temperature: float = cfg_field(0.5, "softmax temperature over candidate rewards for target=nbest", group="sft")
+    max_steps: int = cfg_field(2000, "number of updates (one batch each)", group="optim")
+    batch_size: int = cfg_field(64, "global batch: examples per update, over all processes", group="optim")
+    learning_rate: float = cfg_field(3e-3, "AdamW learning rate", group="optim")
+    warmup_steps: int = cfg_field(20, "linear warm-up updates", group="optim")
 
     def validate(self) -> None:
         super().validate()
@@ -159,64 +175,66 @@ class RLConfig(CommonTrainConfig):
     """RL fine-tuning in one EM loop: V-MPO, AWR, DAR (E-step weights + weighted-MLE M-step
     under the alpha trust region, spec §5-§7) or PPO (clipped ratio loss, spec §4)."""
 
-    algo: str = cfg_field("vmpo", "algorithm", choices=list(ALGOS))
-    model: str = cfg_field("tiny", "policy to fine-tune: a local HF causal-LM dir (e.g. DIR/final of an SFT run) or 'tiny'")
-    max_steps: int = cfg_field(300, "number of updates (one batch of rollouts each)")
-    batch_size: int = cfg_field(32, "prompts per update (global, over all processes)")
-    num_samples: int = cfg_field(8, "completions k sampled per prompt (a group)")
-    temperature: float = cfg_field(1.0, "sampling temperature of rollouts")
-    top_p: float = cfg_field(1.0, "nucleus sampling of rollouts")
-    reward_fns: list[str] = cfg_field(
-        [], "reward functions 'module:function' (TRL signature); empty: the task's own verifier")
-    reward_weights: list[float] = cfg_field([], "weights of reward_fns (empty: all 1)")
+    algo: str = cfg_field("vmpo", "algorithm", choices=list(ALGOS), group="main")
+    model: str = cfg_field("tiny", "policy to fine-tune: a local HF causal-LM dir (e.g. DIR/final of an SFT run) or 'tiny'", group="model")
+    max_steps: int = cfg_field(300, "number of updates (one batch of rollouts each)", group="optim")
+    batch_size: int = cfg_field(32, "prompts per update (global, over all processes)", group="optim")
+    num_samples: int = cfg_field(8, "completions k sampled per prompt (a group)", group="rollout")
+    temperature: float = cfg_field(1.0, "sampling temperature of rollouts", group="rollout")
+    top_p: float = cfg_field(1.0, "nucleus sampling of rollouts", group="rollout")
+    reward_funcs: list[str] = cfg_field(
+        [], "reward functions 'module:function' (TRL signature fn(prompts, completions, **columns)), "
+        "'exact_match', 'verifier' (reasoning-gym) or a reward-model directory; empty: the task's own "
+        "verifier", group="rollout", aliases=("reward_fns",))
+    reward_weights: list[float] = cfg_field([], "weights of reward_funcs (empty: all 1)", group="rollout")
     learning_rate: float = cfg_field(
         3e-4, "AdamW learning rate of the policy: the size of one M-step gradient step; the KL budget "
-        "eps_alpha decides how many are taken (kl_early_stop), so tune eps_alpha rather than this")
+        "eps_alpha decides how many are taken (kl_early_stop), so tune eps_alpha rather than this", group="optim")
     lr_scheduler: str = cfg_field(
         "cosine", "learning-rate (and, with anneal_eps_alpha, KL-budget) schedule after warm-up, over "
-        "max_steps or max_minutes, whichever ends the run first", choices=["constant", "linear", "cosine"])
+        "max_steps or max_minutes, whichever ends the run first", choices=["constant", "linear", "cosine"], group="optim")
     epochs: int = cfg_field(
-        8, "most M-step passes over each batch of rollouts (the KL early stop usually ends it sooner)")
+        8, "most M-step passes over each batch of rollouts (the KL early stop usually ends it sooner)", group="optim")
     trust_region: bool = cfg_field(
         True, "alpha trust region on KL(pi_old || pi_theta) per token for vmpo/awr/dar (spec §5 eq. 1); "
-        "ppo uses its clip instead")
+        "ppo uses its clip instead", group="mstep")
     eps_alpha: float = cfg_field(
-        0.005, "KL budget epsilon_alpha per update (nats per token): the step size of an update")
+        0.005, "KL budget epsilon_alpha per update (nats per token): the step size of an update", group="mstep")
     baseline: str = cfg_field(
         "group_mean", "advantage baseline: group_mean or loo over the k samples of a prompt, a learned "
-        "value head V(x), or the batch mean", choices=list(BASELINES))
-    normalize_advantages: bool = cfg_field(False, "divide advantages by their global std")
+        "value head V(x), or the batch mean", choices=list(BASELINES), group="rollout")
+    normalize_advantages: bool = cfg_field(False, "divide advantages by their global std", group="rollout")
     weight_level: str = cfg_field("sequence", "E-step weights per sequence (broadcast to tokens) or per token",
-                                  choices=["sequence", "token"])
+                                  choices=["sequence", "token"], group="rollout")
     top_fraction: float = cfg_field(
         0.25, "V-MPO rho: fraction of samples kept by top-k, k = max(1, floor(rho N)); with 0/1 rewards "
-        "keep it near the fraction of correct samples so the target holds few wrong ones")
+        "keep it near the fraction of correct samples so the target holds few wrong ones", group="vmpo")
     min_advantage: float | None = cfg_field(
         0.0, "V-MPO: select only samples whose advantage exceeds this ('demonstrably good' samples, "
         "spec §6); with 0/1 rewards and a group baseline, plain top-k (None) fills up with "
-        "zero-advantage ties and the M-step fits wrong answers")
-    eps_eta: float = cfg_field(0.1, "V-MPO KL budget epsilon_eta of the temperature dual")
-    eta_init: float = cfg_field(1.0, "initial (or, with adaptive_temperature off, fixed) temperature eta")
-    eta_lr: float = cfg_field(0.05, "learning rate of the temperature dual parameter xi")
-    eta_param: str = cfg_field("softplus", "positive parameterisation of eta (spec §6)", choices=["softplus", "log"])
-    adaptive_temperature: bool = cfg_field(True, "optimise eta by its dual (False: fixed eta_init, for comparison)")
-    kl_ref_coef: float = cfg_field(0.0, "V-MPO/AWR/DAR: optional penalty coefficient on KL(pi_theta || pi_ref) per token")
-    awr_temperature: float = cfg_field(1.0, "AWR fixed temperature")
-    awr_max_weight: float | None = cfg_field(20.0, "AWR max-weight clip (None: off)")
-    dar_alpha: float = cfg_field(0.1, "DAR alpha: KL coefficient to the reference policy (spec §7)")
-    dar_beta: float = cfg_field(0.9, "DAR beta: KL coefficient to the sampling policy (spec §7)")
-    dar_clip_max: float | None = cfg_field(20.0, "DAR weight clip (None: off)")
+        "zero-advantage ties and the M-step fits wrong answers", group="vmpo")
+    eps_eta: float = cfg_field(0.1, "V-MPO KL budget epsilon_eta of the temperature dual", group="vmpo")
+    eta_init: float = cfg_field(1.0, "initial (or, with adaptive_temperature off, fixed) temperature eta", group="vmpo")
+    eta_lr: float = cfg_field(0.05, "learning rate of the temperature dual parameter xi", group="vmpo")
+    eta_param: str = cfg_field("softplus", "positive parameterisation of eta (spec §6)", choices=["softplus", "log"], group="vmpo")
+    adaptive_temperature: bool = cfg_field(True, "optimise eta by its dual (False: fixed eta_init, for comparison)", group="vmpo")
+    kl_ref_coef: float = cfg_field(0.0, "V-MPO/AWR/DAR: optional penalty coefficient on KL(pi_theta || pi_ref) per token", group="mstep")
+    awr_temperature: float = cfg_field(1.0, "AWR fixed temperature", group="awr")
+    awr_max_weight: float | None = cfg_field(20.0, "AWR max-weight clip (None: off)", group="awr")
+    dar_alpha: float = cfg_field(0.1, "DAR alpha: KL coefficient to the reference policy (spec §7)", group="dar")
+    dar_beta: float = cfg_field(0.9, "DAR beta: KL coefficient to the sampling policy (spec §7)", group="dar")
+    dar_clip_max: float | None = cfg_field(20.0, "DAR weight clip (None: off)", group="dar")
     ppo_level: str = cfg_field("token", "PPO ratio per token (value head + GAE) or per sequence (spec §4)",
-                               choices=["token", "sequence"])
-    clip_eps: float = cfg_field(0.2, "PPO clip epsilon")
-    vf_coef: float = cfg_field(0.5, "value-loss coefficient (ppo, and baseline=value)")
-    vf_clip: float | None = cfg_field(0.2, "PPO value clipping range (None: off)")
-    ent_coef: float = cfg_field(0.0, "PPO entropy bonus coefficient")
-    gamma: float = cfg_field(1.0, "PPO discount over tokens")
-    gae_lambda: float = cfg_field(0.95, "PPO GAE lambda over tokens")
-    kl_coef: float = cfg_field(0.02, "PPO per-token KL-to-reference penalty folded into the reward")
-    target_kl: float | None = cfg_field(0.05, "PPO: stop the update's epochs once approx KL exceeds this (None: off)")
-    eval_every: int = cfg_field(50, "evaluate held-out accuracy every N updates (0: only at the end)")
+                               choices=["token", "sequence"], group="ppo")
+    clip_eps: float = cfg_field(0.2, "PPO clip epsilon", group="ppo")
+    vf_coef: float = cfg_field(0.5, "value-loss coefficient (ppo, and baseline=value)", group="ppo")
+    vf_clip: float | None = cfg_field(0.2, "PPO value clipping range (None: off)", group="ppo")
+    ent_coef: float = cfg_field(0.0, "PPO entropy bonus coefficient", group="ppo")
+    gamma: float = cfg_field(1.0, "PPO discount over tokens", group="ppo")
+    gae_lambda: float = cfg_field(0.95, "PPO GAE lambda over tokens", group="ppo")
+    kl_coef: float = cfg_field(0.02, "PPO per-token KL-to-reference penalty folded into the reward", group="ppo")
+    target_kl: float | None = cfg_field(0.05, "PPO: stop the update's epochs once approx KL exceeds this (None: off)", group="ppo")
+    eval_every: int = cfg_field(50, "evaluate held-out accuracy every N updates (0: only at the end)", group="eval")
 
     def validate(self) -> None:
         super().validate()
@@ -232,8 +250,9 @@ class RLConfig(CommonTrainConfig):
         _check(self.clip_eps > 0, f"clip_eps must be > 0, got {self.clip_eps}")
         _check(0 <= self.gae_lambda <= 1 and 0 <= self.gamma <= 1, "gamma and gae_lambda must be in [0, 1]")
         if self.reward_weights:
-            _check(len(self.reward_weights) == len(self.reward_fns),
-                   f"reward_weights has {len(self.reward_weights)} entries but reward_fns has {len(self.reward_fns)}")
+            _check(len(self.reward_weights) == len(self.reward_funcs),
+                   f"reward_weights has {len(self.reward_weights)} entries but reward_funcs has "
+                   f"{len(self.reward_funcs)}")
         if self.baseline in ("group_mean", "loo") and self.num_samples < 2 and self.algo != "ppo":
             raise ConfigError(
                 f"baseline={self.baseline} compares the k samples of a prompt with each other, so it needs "

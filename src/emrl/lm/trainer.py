@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from emrl import objectives as O
 from emrl.checkpoint import atomic_dir, load_checkpoint, prune_checkpoints, save_checkpoint
-from emrl.config import to_dict
+from emrl.config import apply_aliases, to_dict
 from emrl.errors import CheckpointError, ConfigError, EmrlError
 from emrl.lm.algorithms import Algorithm, Batch, make_algorithm
 from emrl.lm.train_config import CommonTrainConfig, RLConfig, SFTConfig
@@ -156,8 +156,11 @@ class LMTrainer:
         resume / overwrite: continue the run in ``output_dir`` from its latest checkpoint /
             replace it.
         algorithm: a plug-in instance to use instead of the one named by the config.
-        reward_funcs: reward callables or specs replacing ``cfg.reward_fns`` (TRL
-            signature ``fn(prompts, completions, **columns) -> list[float]``).
+        reward_funcs: reward callables or specs replacing ``cfg.reward_funcs`` (TRL
+            signature ``fn(prompts, completions, **columns) -> list[float]``). The run's
+            ``config.yaml`` and task info record them by name (``module:function``; one
+            defined in a script is recorded with a note that evaluating needs
+            ``--reward-funcs``).
         accelerator: an ``accelerate.Accelerator`` (one is created if ``None``).
         model / tokenizer / task: already-built objects to use instead of loading them.
     """
@@ -209,6 +212,15 @@ class LMTrainer:
             set_dropout(model, cfg.dropout)
         self.tokenizer = tokenizer
         self.task = task if task is not None else self._load_task(reward_funcs)
+        if reward_funcs and hasattr(cfg, "reward_funcs"):  # record what was used, by name
+            from dataclasses import replace
+
+            from emrl.lm.rewards import reward_source
+
+            self.cfg = cfg = replace(cfg, reward_funcs=[reward_source(f)["spec"] for f in reward_funcs])
+        if acc.is_main_process:
+            for note in getattr(self.task, "notes", ()):
+                print(f"note: {note}", file=sys.stderr, flush=True)
         if not self.task.train:
             raise EmrlError(f"task {self.task.name!r} has no training rows")
         self.lm = model.to(self.device)
@@ -273,7 +285,7 @@ class LMTrainer:
         from emrl.lm.tasks import load_task, load_task_from_info, load_task_info
 
         cfg = self.cfg
-        funcs = list(reward_funcs) if reward_funcs else list(getattr(cfg, "reward_fns", []) or [])
+        funcs = list(reward_funcs) if reward_funcs else list(getattr(cfg, "reward_funcs", []) or [])
         weights = list(getattr(cfg, "reward_weights", []) or []) or None
         if funcs and weights is None:
             weights = [1.0] * len(funcs)
@@ -773,10 +785,13 @@ class LMTrainer:
                         self.metrics.log(rec)
                 if callback is not None:
                     callback(self.step, rec)
+                post = {name: f"{rec[k]:.3g}" for k, name in (
+                    ("reward/mean", "train_reward"), ("loss/policy", "loss"), ("eval/accuracy", "heldout_greedy_acc"))
+                    if k in rec}
+                if "heldout_greedy_acc" not in post and (self.last_eval or {}).get("accuracy") is not None:
+                    post["heldout_greedy_acc"] = f"{self.last_eval['accuracy']:.3g}"
+                bar.set_postfix(post, refresh=False)
                 bar.update(1)
-                post = {k.split("/")[-1]: f"{rec[k]:.3g}" for k in ("reward/mean", "loss/policy", "eval/accuracy")
-                        if k in rec}
-                bar.set_postfix(post)
                 if self.step < cfg.max_steps and cfg.save_every and self.step % cfg.save_every == 0:
                     self.save_checkpoint()
             if budget_s is not None and self.step < cfg.max_steps and acc.is_main_process:
@@ -897,7 +912,7 @@ class LMTrainer:
                 raise CheckpointError(
                     f"checkpoint {ck} does not match this run: its {key} is {meta.get(key)!r}, this run's "
                     f"is {mine.get(key)!r}")
-        saved_cfg = state.get("config", {})
+        saved_cfg = apply_aliases(type(self.cfg), state.get("config", {}))  # e.g. reward_fns
         now = to_dict(self.cfg)
         for k, v in saved_cfg.items():
             if k not in RESUMABLE_CHANGES and now.get(k) != v:
