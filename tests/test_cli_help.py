@@ -56,7 +56,7 @@ def test_lm_train_help_is_grouped_with_choices_and_defaults(capsys):
     assert "--algo {vmpo,awr,dar,ppo} algorithm (default: vmpo)" in flat
     assert "--baseline {group_mean,loo,value,batch_mean}" in flat
     assert "--reward-funcs STR,..." in flat
-    assert "(default: 3e-05)" in flat and "(default: on)" in flat
+    assert "(default: 0.0003)" in flat and "(default: on)" in flat
     assert "Value syntax: lists are comma-separated" in flat
     assert text.splitlines()[0].startswith("usage: emrl lm train --output-dir DIR")
     # the old spelling is accepted but not listed
