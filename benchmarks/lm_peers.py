@@ -257,6 +257,10 @@ def report(out_dir: Path, cmd: str | None = None) -> Path:
         mem = summary["vmpo"]["peak_rss_mb"] / summary[p]["peak_rss_mb"]
         lines += ["", f"emrl V-MPO vs TRL {p} in this run: **{ratio:.2f}x** the completions/s, "
                   f"{mem:.2f}x the peak memory."]
+    if "environment" in start:
+        from emrl.provenance import format_environment
+
+        lines += ["", f"Environment: {format_environment(start['environment'])}"]
     lines += ["", f"Raw records: `{out_dir.name}/`. Curves: `{out_dir.name}.png`.", ""]
     md = out_dir.parent / f"{out_dir.name}.md"
     md.write_text("\n".join(lines))
@@ -327,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from emrl.lm.models import load_model_and_tokenizer
     from emrl.lm.tasks import load_task_from_info, load_task_info
+    from emrl.provenance import KEY_PACKAGES, environment_info
 
     out = RESULTS / f"lm_peers_{a.name}"
     out.mkdir(parents=True, exist_ok=True)
@@ -339,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "start.json").write_text(json.dumps({
         **s, "start_name": Path(a.start).parent.name + "/" + Path(a.start).name, "minutes": a.minutes,
         "seeds": a.seeds, "jobs": a.jobs, "command": cmd,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"}))
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        "environment": environment_info([*KEY_PACKAGES, "trl"])}))
     print(f"start model: greedy {sum(s['greedy']) / len(s['greedy']):.3f}", flush=True)
     import yaml
 

@@ -95,6 +95,7 @@ def run_demo(dc: DemoConfig, output_dir: str | Path, *, overwrite: bool = False)
     from emrl.checkpoint import atomic_write_json, atomic_write_text
     from emrl.lm.trainer import LMTrainer
     from emrl.metrics import read_metrics
+    from emrl.provenance import environment_info
 
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
@@ -158,12 +159,16 @@ def run_demo(dc: DemoConfig, output_dir: str | Path, *, overwrite: bool = False)
         "sft_config": to_dict(sft_cfg),
         "rl_config": to_dict(rl_cfg),
         "continued_sft_config": to_dict(cont_cfg),
+        "environment": environment_info(),
     }
     png = out / "learning_curves.png"
     _plot(sft_recs, read_metrics(out / "rl" / "metrics.jsonl"), png,
           read_metrics(out / "sft_continued" / "metrics.jsonl"))
     atomic_write_json(out / "summary.json", summary)
-    atomic_write_text(out / "report.md", _report(summary, png.name))
+    from emrl.provenance import format_environment
+
+    atomic_write_text(out / "report.md", _report({**summary, "environment_line": format_environment(
+        summary["environment"])}, png.name))
     print(f"[emrl demo] held-out greedy accuracy: SFT {summary['accuracy_sft']:.3f} -> V-MPO "
           f"{summary['accuracy_rl']:.3f} (continued SFT for the same time: "
           f"{summary['accuracy_continued_sft']:.3f}); sampled {summary['sampled_accuracy_sft']:.3f} -> "
@@ -262,6 +267,8 @@ continued-SFT updates. Wall time: {s['wall_time_s']:.0f} s (SFT {s['sft_time_s']
 {s['rl_time_s']:.0f} s and continued SFT {s.get('continued_sft_time_s', 0):.0f} s, evaluations included).
 
 ![learning curves]({png})
+
+Environment: {s.get('environment_line', 'n/a')}.
 
 Runs: `sft/`, `rl/` and `sft_continued/` (each with `config.yaml`, `metrics.jsonl`, `final/`,
 `eval.json`). Raw figures: `summary.json`.

@@ -151,6 +151,7 @@ def generate(
     n = len(prompts) * num_samples
     order = [i for i in range(len(prompts)) for _ in range(num_samples)]
     bs = batch_size or n
+    same_dist = greedy or (float(temperature) == 1.0 and float(top_p) == 1.0)
     gen_cfg = GenerationConfig(
         do_sample=not greedy,
         temperature=None if greedy else float(temperature),
@@ -161,7 +162,9 @@ def generate(
         pad_token_id=pad,
         bos_token_id=tokenizer.bos_token_id,
         return_dict_in_generate=True,
-        output_scores=True,
+        # at temperature 1 without top-p the sampled distribution is the model's own: the
+        # raw logits give both log-prob sets, so the processed scores are not kept
+        output_scores=not same_dist,
         output_logits=True,
     )
     device = next(model.parameters()).device
@@ -182,12 +185,12 @@ def generate(
             steps = gen.shape[1]
             # one [b, V] step at a time: never hold [b, L_b, V] (large vocabularies)
             tok = out.sequences[:, input_ids.shape[1] :].unsqueeze(-1)  # [b, L_b, 1]
-            s_lp = torch.stack(  # processed scores: the distribution actually sampled
-                [torch.log_softmax(sc.float(), -1).gather(-1, tok[:, t]).squeeze(-1)
-                 for t, sc in enumerate(out.scores)], 1).cpu()
             p_lp = torch.stack(  # raw logits: the model at temperature 1
                 [torch.log_softmax(lg.float(), -1).gather(-1, tok[:, t]).squeeze(-1)
                  for t, lg in enumerate(out.logits)], 1).cpu()
+            s_lp = p_lp if same_dist else torch.stack(  # processed scores: what was sampled
+                [torch.log_softmax(sc.float(), -1).gather(-1, tok[:, t]).squeeze(-1)
+                 for t, sc in enumerate(out.scores)], 1).cpu()
             is_eos = gen == eos
             for r in range(gen.shape[0]):
                 hits = is_eos[r].nonzero()
