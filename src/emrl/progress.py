@@ -107,6 +107,10 @@ class LogProgress:
     def set_description(self, desc: str = "", refresh: bool = True) -> None:
         self.desc = desc
 
+    def write(self, s: str, file: Any = None) -> None:
+        """Print a message between progress lines (tqdm's ``write``)."""
+        print(s, file=file if file is not None else sys.stderr, flush=True)
+
     def update(self, n: int = 1) -> None:
         if self.disable or self.closed:
             return

@@ -238,7 +238,8 @@ def test_equal_rewards_everywhere_are_a_no_op_that_says_so(tmp_path, capsys):
     assert "no sample beat its baseline" in capsys.readouterr().err
 
 
-def test_max_minutes_stops_on_time(tmp_path, capsys):
+def test_max_minutes_stops_on_time(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("EMRL_PROGRESS", "log")  # the progress lines of a log file, as in the demo
     cfg = _defaults(algo="vmpo", max_steps=10**6, max_minutes=0.05)  # 3 s of training
     tr = make_trainer(cfg, tmp_path, out="run")
     last = tr.train()

@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from emrl import objectives as O
 from emrl.checkpoint import atomic_dir, load_checkpoint, prune_checkpoints, save_checkpoint
@@ -799,7 +800,7 @@ class LMTrainer:
                        f"({self.train_time:.1f} s of training; max_steps={cfg.max_steps})"
                 if self.step <= 1:
                     note += "; the budget is shorter than one update"
-                bar.write(note, file=sys.stderr)
+                tqdm.write(note, file=sys.stderr)
             if cfg.max_steps > 0 or not last:
                 last = {**last, "step": self.step, "samples": self.samples}
             last.update(self._eval_metrics())
@@ -818,8 +819,6 @@ class LMTrainer:
 
     def _say_empty(self, est: dict[str, Any], run: int) -> None:
         """Say plainly why an update was a no-op (no sample beat its baseline)."""
-        from tqdm.auto import tqdm
-
         r = est.get("reward/mean", float("nan"))
         if run == 1:
             msg = (f"update {self.step}: no sample beat its baseline (mean reward {r:.3g}, "
