@@ -355,8 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         for m in a.methods:
             res = out / f"{m}-seed{seed}.json"
             if not res.is_file():
-                todo.append({"method": m, "seed": seed, "set": sets, "start": str(Path(a.start).resolve()), "minutes": a.minutes,
-                             "eval_prompts": a.eval_prompts, "result": str(res), "tmp": str(out / f".tmp-{m}-{seed}")})
+                todo.append({"method": m, "seed": seed, "set": sets, "start": str(a.start), "minutes": a.minutes,
+                             "eval_prompts": a.eval_prompts, "result": os.path.relpath(res), "tmp": os.path.relpath(out / f".tmp-{m}-{seed}")})
     env = {**os.environ, "OMP_NUM_THREADS": "1", "EMRL_PROGRESS": "0", "TOKENIZERS_PARALLELISM": "false"}
     running: list[tuple[subprocess.Popen, dict]] = []
     while todo or running:
