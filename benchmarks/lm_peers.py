@@ -224,6 +224,8 @@ def report(out_dir: Path, cmd: str | None = None) -> Path:
     cmd = cmd or start.get("command", "")
     lines = [f"# LM fine-tuning side by side: {out_dir.name.removeprefix('lm_peers_')}", "",
              "Command:", "", f"    {cmd}", "",
+             *([f"Start model made with `{start['start_command']}` (seed 0, stopped at the end of its "
+                "2000-update cosine schedule).", ""] if start.get("start_command") else []),
              f"Start model: `{start['start_name']}`; held-out greedy accuracy "
              f"{np.mean(start['greedy']):.3f}, sampled {np.mean(start['sampled']):.3f} "
              f"({len(start['greedy'])} prompts). Budget: {start['minutes']:g} min of training per run "
@@ -307,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     ap.add_argument("--eval-prompts", type=int, default=200)
+    ap.add_argument("--start-command", default=None, help="how the start model was made (for the record)")
     ap.add_argument("--name", default="run", help="record name: benchmarks/results/lm_peers_<name>")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="override a config field of every emrl/sft run (YAML value), e.g. warmup_steps=10")
@@ -343,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = "python benchmarks/lm_peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
     (out / "start.json").write_text(json.dumps({
         **s, "start_name": Path(a.start).parent.name + "/" + Path(a.start).name, "minutes": a.minutes,
-        "seeds": a.seeds, "jobs": a.jobs, "command": cmd,
+        "seeds": a.seeds, "jobs": a.jobs, "command": cmd, "start_command": a.start_command,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "environment": environment_info([*KEY_PACKAGES, "trl"])}))
     print(f"start model: greedy {sum(s['greedy']) / len(s['greedy']):.3f}", flush=True)
