@@ -259,6 +259,8 @@ def report(out_dir: Path, cmd: str | None = None) -> Path:
         mem = summary["vmpo"]["peak_rss_mb"] / summary[p]["peak_rss_mb"]
         lines += ["", f"emrl V-MPO vs TRL {p} in this run: **{ratio:.2f}x** the completions/s, "
                   f"{mem:.2f}x the peak memory."]
+    if start.get("note"):
+        lines += ["", start["note"]]
     if "environment" in start:
         from emrl.provenance import format_environment
 
