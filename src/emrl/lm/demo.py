@@ -110,7 +110,7 @@ def run_demo(dc: DemoConfig, output_dir: str | Path, *, overwrite: bool = False)
         (out / stale).unlink(missing_ok=True)
     sft_cfg, rl_cfg, cont_cfg = _stage_configs(dc, out)
     t0 = time.time()
-    print(f"[emrl demo] 1/2 SFT of the tiny model ({sft_cfg.max_steps} updates) -> {out / 'sft'}", flush=True)
+    print(f"[emrl demo] 1/3 SFT of the tiny model ({sft_cfg.max_steps} updates) -> {out / 'sft'}", flush=True)
     sft_last = LMTrainer(sft_cfg, out / "sft", overwrite=True).train()
     t_sft = time.time() - t0
     print(f"[emrl demo]     greedy accuracy {sft_last.get('eval/accuracy', float('nan')):.3f}, "
