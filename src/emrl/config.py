@@ -130,10 +130,12 @@ def add_config_args(
             parser.add_argument(flag, type=str, **kwargs)
 
 
-def build_config(cls: type[T], args: argparse.Namespace | None = None, **overrides: Any) -> T:
-    """Resolve a config: defaults < ``args.config`` YAML < options typed in ``args`` < ``overrides``."""
+def build_config(cls: type[T], args: argparse.Namespace | None = None, *,
+                 base: dict[str, Any] | None = None, **overrides: Any) -> T:
+    """Resolve a config: defaults < ``base`` (e.g. a resumed run's saved config) <
+    ``args.config`` YAML < options typed in ``args`` < ``overrides``."""
     names = {f.name for f in dataclasses.fields(cls) if f.init}
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(base or {})
     config_path = getattr(args, "config", None) if args is not None else None
     if config_path:
         values.update(load_yaml(config_path))

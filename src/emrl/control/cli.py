@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from emrl.config import add_config_args, build_config
+from emrl.checkpoint import TRUST_HELP
+from emrl.config import add_config_args, build_config, load_yaml
 from emrl.errors import EmrlError
 
 
@@ -22,15 +23,15 @@ def _train(args: argparse.Namespace) -> int:
     from emrl.control.train import resolve_resume_config, train
 
     if args.resume:
-        typed = {k: v for k, v in vars(args).items()
-                 if k in ControlConfig.__dataclass_fields__}
-        base = build_config(ControlConfig, argparse.Namespace(config=args.config)) if args.config else None
-        overrides = dict(vars(base)) if base is not None else {}
-        overrides.update(typed)
+        # the saved config is the base: --config and typed options override only the
+        # fields they name (never reset the others to defaults)
+        overrides = load_yaml(args.config) if args.config else {}
+        overrides.update({k: v for k, v in vars(args).items() if k in ControlConfig.__dataclass_fields__})
         cfg = resolve_resume_config(Path(args.output_dir), overrides)
     else:
         cfg = build_config(ControlConfig, args)
-    final = train(cfg, args.output_dir, resume=args.resume, overwrite=args.overwrite)
+    final = train(cfg, args.output_dir, resume=args.resume, overwrite=args.overwrite,
+                  trust_checkpoint=args.trust_checkpoint)
     print(f"final eval return: {final['eval/return']:.2f} after {final['samples']} env steps")
     print(f"run directory: {args.output_dir}")
     return 0
@@ -43,7 +44,7 @@ def _eval(args: argparse.Namespace) -> int:
     from emrl.threads import configure_threads
 
     configure_threads(args.num_threads)
-    agent, cfg, obs_rms = load_agent(args.run)
+    agent, cfg, obs_rms = load_agent(args.run, trust_checkpoint=args.trust_checkpoint)
     video_dir = None
     if args.video:
         from pathlib import Path
@@ -73,6 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --output-dir from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --output-dir")
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     add_config_args(p, ControlConfig)
     p.set_defaults(func=_train)
 
@@ -87,6 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="record the first episode to DIR/videos (needs moviepy)")
     e.add_argument("--num-threads", type=int, default=1, help="torch threads (default: 1)")
     e.add_argument("--verbose", action="store_true", help="also print every episode's return")
+    e.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     e.set_defaults(func=_eval)
 
 

@@ -47,13 +47,15 @@ from emrl.lm.algorithms import Algorithm, Batch, make_algorithm
 from emrl.lm.train_config import CommonTrainConfig, RLConfig, SFTConfig
 from emrl.metrics import MetricsWriter
 from emrl.progress import progress
-from emrl.rundir import RunDir
+from emrl.rundir import RunDir, check_resume_config
 from emrl.seeding import get_rng_state, seed_everything, set_rng_state
 from emrl.threads import configure_threads
 
 #: config fields that may change between a run and its ``--resume`` (they do not change
-#: what is computed, only how long / how often things are logged or saved).
-RESUMABLE_CHANGES = ("max_steps", "save_every", "keep_checkpoints", "log_every", "num_threads",
+#: what is computed, only how often things are logged, saved or evaluated). ``max_steps``
+#: may also change, but only with ``lr_scheduler=constant``: the linear and cosine
+#: schedules decay over ``max_steps``, so a new value would reshape the schedule.
+RESUMABLE_CHANGES = ("save_every", "keep_checkpoints", "log_every", "num_threads",
                      "tensorboard", "eval_every")
 
 
@@ -157,6 +159,8 @@ class LMTrainer:
             signature ``fn(prompts, completions, **columns) -> list[float]``).
         accelerator: an ``accelerate.Accelerator`` (one is created if ``None``).
         model / tokenizer / task: already-built objects to use instead of loading them.
+        trust_checkpoint: on resume, also load a checkpoint of the old pickle format
+            (``state.pt``), which can run code (:mod:`emrl.checkpoint`).
     """
 
     def __init__(
@@ -172,6 +176,7 @@ class LMTrainer:
         model: Any = None,
         tokenizer: Any = None,
         task: Any = None,
+        trust_checkpoint: bool = False,
     ) -> None:
         from accelerate import Accelerator
 
@@ -188,13 +193,16 @@ class LMTrainer:
                               f"processes ({self.world})")
         self.rundir: RunDir | None = None
         if output_dir is not None:
+            # checks only: the old run (--overwrite) is removed once everything below is
+            # built and validated, so a bad flag never costs a run
             if acc.is_main_process:
-                self.rundir = RunDir(output_dir, resume=resume, overwrite=overwrite)
+                self.rundir = RunDir(output_dir, resume=resume, overwrite=overwrite, defer=True)
             acc.wait_for_everyone()
             if not acc.is_main_process:
                 self.rundir = RunDir.__new__(RunDir)
                 self.rundir.path, self.rundir.resume = Path(output_dir), resume
         self.resume = resume
+        self.trust_checkpoint = trust_checkpoint
         seed_everything(cfg.seed + self.rank)
 
         # model, tokenizer, task -------------------------------------------------
@@ -233,15 +241,22 @@ class LMTrainer:
         self.perm = torch.randperm(len(self.task.train), generator=self.data_gen)
         self.cursor = 0
         self.last_eval: dict[str, Any] | None = None
+        self.last_record: dict[str, Any] = {}  # the final step's metrics, kept in the final checkpoint
+        self.resumed_record: dict[str, Any] = {}
         if resume:
             self._load_latest()
         self.metrics: MetricsWriter | None = None
         if self.rundir is not None and acc.is_main_process:
-            if not resume:
-                self.rundir.write_config(cfg)
+            self.rundir.prepare()
+            self.rundir.write_config(cfg)
+            # resuming from the final checkpoint: its final record (logged after that
+            # checkpoint) is dropped and logged again, never twice
+            keep_to = self.step if self.step < cfg.max_steps else self.step - 1
             self.metrics = MetricsWriter(
                 self.rundir.metrics_path, tensorboard=cfg.tensorboard, start_time=self.elapsed,
-                truncate_after_step=self.step if resume else None)
+                truncate_after_step=keep_to if resume else None)
+        if self.rundir is not None:
+            acc.wait_for_everyone()
 
     # ------------------------------------------------------------------ building blocks
     def _load_task(self, reward_funcs: Sequence[Any] | None):
@@ -594,14 +609,20 @@ class LMTrainer:
                 bar.set_postfix(post)
                 if self.step < cfg.max_steps and cfg.save_every and self.step % cfg.save_every == 0:
                     self.save_checkpoint()
+            if not last and self.resumed_record.get("step") == self.step:
+                last = dict(self.resumed_record)  # resumed from the final checkpoint
             if cfg.max_steps > 0 or not last:
                 last = {**last, "step": self.step, "samples": self.samples}
-            last.update(self._eval_metrics())
             self.elapsed = time.time() - t_start
+            if self.rundir is not None:
+                # the final checkpoint comes before the final evaluation: if evaluating
+                # fails, --resume finishes the run from here without redoing any update
+                self.last_record = {k: v for k, v in last.items() if not k.startswith("eval/")}
+                self.save_checkpoint()
+            last.update(self._eval_metrics())
             if self.metrics is not None:
                 self.metrics.log(last)
             if self.rundir is not None:
-                self.save_checkpoint()
                 self.save_final()
         finally:
             bar.close()
@@ -642,6 +663,7 @@ class LMTrainer:
             "counters": {"step": self.step, "samples": self.samples, "elapsed": self.elapsed,
                          "nonfinite_in_a_row": self.nonfinite_in_a_row},
             "config": to_dict(self.cfg),
+            "last_record": dict(self.last_record),
         }
 
     def save_checkpoint(self) -> Path | None:
@@ -683,7 +705,7 @@ class LMTrainer:
         ck = latest_checkpoint(self.rundir.path)
         if ck is None:
             raise CheckpointError(f"--resume: no complete checkpoint in {self.rundir.path}")
-        state, meta = load_checkpoint(ck)
+        state, meta = load_checkpoint(ck, trust_pickle=self.trust_checkpoint)
         mine = self._meta()
         for key in ("kind", "algo", "model", "task", "seed"):
             if meta.get(key) != mine.get(key):
@@ -691,12 +713,13 @@ class LMTrainer:
                     f"checkpoint {ck} does not match this run: its {key} is {meta.get(key)!r}, this run's "
                     f"is {mine.get(key)!r}")
         saved_cfg = state.get("config", {})
-        now = to_dict(self.cfg)
-        for k, v in saved_cfg.items():
-            if k not in RESUMABLE_CHANGES and now.get(k) != v:
-                raise CheckpointError(
-                    f"checkpoint {ck} was written with {k}={v!r} but this run has {k}={now.get(k)!r}; "
-                    "resume with the same settings (only " + ", ".join(RESUMABLE_CHANGES) + " may change)")
+        if not isinstance(saved_cfg, dict):
+            raise CheckpointError(f"checkpoint {ck} is malformed: its config is not a mapping")
+        check_resume_config(
+            saved_cfg, to_dict(self.cfg), free=RESUMABLE_CHANGES, where=f"the run in {self.rundir.path}",
+            horizon="max_steps", horizon_ok=self.cfg.lr_scheduler == "constant",
+            horizon_why=f"the learning-rate schedule (lr_scheduler={self.cfg.lr_scheduler} decays over "
+                        "max_steps)")
         try:
             acc_unwrap(self.accelerator, self.policy).load_state_dict(state["policy"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -715,7 +738,12 @@ class LMTrainer:
         self.elapsed, self.nonfinite_in_a_row = float(c["elapsed"]), int(c["nonfinite_in_a_row"])
         if self.step > self.cfg.max_steps:
             raise CheckpointError(f"checkpoint {ck} is at step {self.step}, beyond max_steps={self.cfg.max_steps}")
-        set_rng_state(state["rng"])
+        try:
+            set_rng_state(state["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"checkpoint {ck}: its RNG state is malformed ({e})") from e
+        rec = state.get("last_record")
+        self.resumed_record = dict(rec) if isinstance(rec, dict) else {}
 
 
 def acc_unwrap(acc: Any, module: nn.Module) -> nn.Module:
