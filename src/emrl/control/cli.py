@@ -44,7 +44,8 @@ def _eval(args: argparse.Namespace) -> int:
     from emrl.threads import configure_threads
 
     configure_threads(args.num_threads)
-    agent, cfg, obs_rms = load_agent(args.run, trust_checkpoint=args.trust_checkpoint)
+    agent, cfg, obs_rms = load_agent(args.run, trust_checkpoint=args.trust_checkpoint,
+                                     trust_env_code=args.trust_env_code)
     video_dir = None
     if args.video:
         from pathlib import Path
@@ -90,6 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--num-threads", type=int, default=1, help="torch threads (default: 1)")
     e.add_argument("--verbose", action="store_true", help="also print every episode's return")
     e.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+    e.add_argument("--trust-env-code", action="store_true",
+                   help="import the module named by the run's environment id (module:EnvClass); "
+                        "that runs code chosen by whoever wrote the run directory")
     e.set_defaults(func=_eval)
 
 

@@ -10,7 +10,9 @@
   standard preprocessing — no-op starts, frame skip 4 with max-pooling, grey-scale,
   84×84, 4 stacked frames, sticky actions p=0.25 as ALE v5); ``popgym-<Name>-v0``
   (extra ``memory``); ``bsuite/memory_len/<id>`` through a dm_env adapter (extra
-  ``memory``). Unknown ids get close-match suggestions.
+  ``memory``); your own envs as ``module:EnvId`` (a module that registers ``EnvId``) or
+  ``module:EnvClass`` (a ``gymnasium.Env`` subclass). Unknown ids get close-match
+  suggestions.
 * Discrete / MultiDiscrete observations are one-hot encoded (concatenated).
 * :class:`RunningMeanStd` normalises observations (state kept in checkpoints).
 * :func:`check_finite` raises an error naming the env and step on NaN/inf.
@@ -53,6 +55,46 @@ def _ensure_registered(env_id: str) -> None:
             ) from e
 
 
+CUSTOM_NAMESPACE = "emrl-custom"
+
+
+def is_custom_env_id(env_id: str) -> bool:
+    """Whether ``env_id`` names a module to import (``module:EnvId`` / ``module:EnvClass``)."""
+    return ":" in env_id and not env_id.startswith((ATARI_PREFIX, POPGYM_PREFIX, BSUITE_PREFIX))
+
+
+def resolve_env_id(env_id: str) -> str:
+    """The registered Gymnasium id of ``env_id``.
+
+    Besides plain ids: ``module:EnvId`` imports ``module`` (which registers ``EnvId``, as
+    in ``gymnasium.make``) and ``module:EnvClass`` registers the ``gymnasium.Env``
+    subclass ``EnvClass`` of ``module`` (as ``emrl-custom/module.EnvClass-v0``). A module is
+    imported only when the id names it.
+    """
+    if not is_custom_env_id(env_id):
+        return env_id
+    from emrl.imports import import_user_module
+
+    mod_name, _, name = env_id.partition(":")
+    if not mod_name or not name:
+        raise EmrlError(f"environment {env_id!r}: expected 'module:EnvId' or 'module:EnvClass'")
+    module = import_user_module(mod_name, f"environment {env_id!r}")
+    if name in gym.registry:
+        return name
+    obj = getattr(module, name, None)
+    if isinstance(obj, type) and issubclass(obj, gym.Env):
+        reg_id = f"{CUSTOM_NAMESPACE}/{mod_name}.{name}-v0"
+        if reg_id not in gym.registry:
+            gym.register(id=reg_id, entry_point=obj)
+        return reg_id
+    classes = [n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, gym.Env)
+               and v.__module__ == module.__name__]
+    matches = close_matches(name, classes + [i for i in gym.registry if i.startswith(name[:3])])
+    hint = f" Did you mean: {', '.join(matches)}?" if matches else ""
+    raise EmrlError(f"environment {env_id!r}: module {mod_name!r} registers no environment {name!r} "
+                    f"and has no gymnasium.Env class of that name.{hint}")
+
+
 def check_env_id(env_id: str) -> None:
     """Raise :class:`EmrlError` with close ids when ``env_id`` is not registered."""
     if env_id.startswith(BSUITE_PREFIX):
@@ -60,6 +102,7 @@ def check_env_id(env_id: str) -> None:
 
         parse_bsuite_id(env_id)
         return
+    env_id = resolve_env_id(env_id)
     _ensure_registered(env_id)
     if env_id in gym.registry:
         return
@@ -119,7 +162,7 @@ def _make_single(env_id: str, render_mode: str | None = None, **kwargs: Any) -> 
         return gym.wrappers.FrameStackObservation(env, 4)
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
-    env = gym.make(env_id, **kwargs)
+    env = gym.make(resolve_env_id(env_id), **kwargs)
     return _one_hot_discrete_obs(env)
 
 

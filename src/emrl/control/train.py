@@ -38,7 +38,7 @@ from emrl.control.envs import RunningMeanStd, make_env, make_vec_env, obs_shape
 from emrl.control.evaluate import evaluate
 from emrl.control.fastopt import AdamStep, FlatParameters, clip_grad_norm, make_adam
 from emrl.control.rollout import Actor, Batch
-from emrl.errors import CheckpointError
+from emrl.errors import CheckpointError, EmrlError
 from emrl.metrics import MetricsWriter
 from emrl.nn.core import index_state
 from emrl.objectives import checks
@@ -399,15 +399,22 @@ def _save_final(run, cfg, agent, obs_rms) -> None:
 
 
 def load_agent(run_dir: str | Path, device: str = "cpu", *, trust_checkpoint: bool = False,
-               ) -> tuple[Agent, ControlConfig, RunningMeanStd | None]:
+               trust_env_code: bool = False) -> tuple[Agent, ControlConfig, RunningMeanStd | None]:
     """Load the final (or latest checkpointed) agent of a run directory (data only:
-    nothing is unpickled unless ``trust_checkpoint`` allows an old-format checkpoint)."""
+    nothing is unpickled unless ``trust_checkpoint`` allows an old-format checkpoint; an
+    environment id naming a module is imported only with ``trust_env_code``)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
         raise CheckpointError(f"{run_dir} is not a control run directory (no config.yaml)")
     from emrl.config import load_config
+    from emrl.control.envs import is_custom_env_id
 
     cfg = load_config(ControlConfig, run_dir / "config.yaml")
+    if is_custom_env_id(cfg.env) and not trust_env_code:
+        raise EmrlError(
+            f"the run in {run_dir} names environment {cfg.env!r}, which would import module "
+            f"{cfg.env.partition(':')[0]!r}; emrl does not run code named by a run directory "
+            "unless asked: pass --trust-env-code if you trust that module")
     path = run_dir / "final"
     if not path.exists():
         from emrl.checkpoint import latest_checkpoint

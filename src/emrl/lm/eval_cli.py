@@ -59,6 +59,9 @@ class EvalConfig:
         False, "Cut prompts longer than the context from the left instead of failing."
     )
     trust_remote_code: bool = cfg_field(False, "Allow the model directory's own code.")
+    trust_task_code: bool = cfg_field(
+        False, "Import the reward functions (module:function) named by the task saved with the "
+        "model (emrl_task.json); off: such a task needs --reward-funcs.")
     num_threads: int | None = cfg_field(
         None, "torch CPU threads (default: $EMRL_NUM_THREADS or all usable CPUs)."
     )
@@ -102,7 +105,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.task is None and info is not None:
         task = load_task_from_info(
             info, num_eval=cfg.num_eval, template=cfg.template, reward_funcs=cfg.reward_funcs,
-            reward_weights=cfg.reward_weights, num_train=0,
+            reward_weights=cfg.reward_weights, num_train=0, trust_code=cfg.trust_task_code,
+            where=f"model {cfg.model}",
         )
     else:
         task = load_task(

@@ -29,6 +29,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="continue the run in DIR from its latest checkpoint")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run in DIR")
     p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+    p.add_argument("--trust-task-code", action="store_true",
+                   help="import the reward functions (module:function) named by the task saved with "
+                        "--model (emrl_task.json): that runs code chosen by whoever wrote the model "
+                        "directory; without it such a task is refused unless you pass --reward-fns")
 
 
 def _resolve(cls: type, args: argparse.Namespace):
@@ -51,7 +55,7 @@ def _run(cls: type, args: argparse.Namespace) -> int:
 
     hf_logging.disable_progress_bar()  # weight loading/saving bars are noise in a training log
     trainer = LMTrainer(cfg, args.output_dir, resume=args.resume, overwrite=args.overwrite,
-                        trust_checkpoint=args.trust_checkpoint)
+                        trust_checkpoint=args.trust_checkpoint, trust_task_code=args.trust_task_code)
     last = trainer.train()
     if trainer.accelerator.is_main_process:
         out = Path(args.output_dir)

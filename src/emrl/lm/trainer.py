@@ -161,6 +161,8 @@ class LMTrainer:
         model / tokenizer / task: already-built objects to use instead of loading them.
         trust_checkpoint: on resume, also load a checkpoint of the old pickle format
             (``state.pt``), which can run code (:mod:`emrl.checkpoint`).
+        trust_task_code: import the reward functions named by the task saved with
+            ``cfg.model`` (``emrl_task.json``); off: refused unless given in ``cfg``.
     """
 
     def __init__(
@@ -177,6 +179,7 @@ class LMTrainer:
         tokenizer: Any = None,
         task: Any = None,
         trust_checkpoint: bool = False,
+        trust_task_code: bool = False,
     ) -> None:
         from accelerate import Accelerator
 
@@ -203,6 +206,7 @@ class LMTrainer:
                 self.rundir.path, self.rundir.resume = Path(output_dir), resume
         self.resume = resume
         self.trust_checkpoint = trust_checkpoint
+        self.trust_task_code = trust_task_code
         seed_everything(cfg.seed + self.rank)
 
         # model, tokenizer, task -------------------------------------------------
@@ -273,7 +277,8 @@ class LMTrainer:
                 over: dict[str, Any] = {"num_train": cfg.num_train, "template": cfg.template}
                 if funcs:
                     over.update(reward_funcs=funcs, reward_weights=weights)
-                return load_task_from_info(info, **over)
+                return load_task_from_info(info, trust_code=self.trust_task_code,
+                                           where=f"model {cfg.model}", **over)
         return load_task(cfg.task, seed=cfg.seed, num_train=cfg.num_train, num_eval=cfg.num_eval,
                          template=cfg.template, reward_funcs=funcs or None, reward_weights=weights)
 
