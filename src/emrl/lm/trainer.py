@@ -52,11 +52,13 @@ from emrl.seeding import get_rng_state, seed_everything, set_rng_state
 from emrl.threads import configure_threads
 
 #: config fields that may change between a run and its ``--resume`` (they do not change
-#: what is computed, only how often things are logged, saved or evaluated). ``max_steps``
+#: what is trained, only how often things are logged or saved, and how evaluations, which
+#: use their own random stream, are run). ``max_steps``
 #: may also change, but only with ``lr_scheduler=constant``: the linear and cosine
 #: schedules decay over ``max_steps``, so a new value would reshape the schedule.
 RESUMABLE_CHANGES = ("save_every", "keep_checkpoints", "log_every", "num_threads",
-                     "tensorboard", "eval_every")
+                     "tensorboard", "eval_every", "eval_num_prompts", "eval_samples",
+                     "eval_temperature", "eval_batch_size")
 
 
 @dataclass
