@@ -156,15 +156,19 @@ def verify_manifest(directory: Path) -> dict[str, Any]:
             "it may come from an interrupted write"
         )
     try:
-        manifest = json.loads(mpath.read_text())
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
         files = manifest["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        if not isinstance(files, dict) or not isinstance(manifest.get("meta", {}), dict):
+            raise TypeError("'files' and 'meta' must be mappings")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # bad UTF-8 / JSON / layout
         raise CheckpointError(f"{mpath} is corrupted: {e}") from e
     for rel, info in files.items():
         p = directory / rel
+        if not isinstance(info, dict) or ".." in Path(rel).parts or Path(rel).is_absolute():
+            raise CheckpointError(f"{mpath} is corrupted: bad entry {rel!r}")
         if not p.is_file():
             raise CheckpointError(f"checkpoint {directory} is missing {rel}")
-        if p.stat().st_size != info["size"] or _sha256(p) != info["sha256"]:
+        if p.stat().st_size != info.get("size") or _sha256(p) != info.get("sha256"):
             raise CheckpointError(f"checkpoint {directory} is corrupted: {rel} does not match its manifest")
     return manifest.get("meta", {})
 
