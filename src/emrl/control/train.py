@@ -160,7 +160,8 @@ def train(
     ckpt_state: dict[str, Any] | None = None
     if resume:
         if ckpt_path is None:
-            raise CheckpointError(f"--resume: no checkpoint in {run.path}")
+            raise CheckpointError(f"--resume: no checkpoint in {run.path} (the run stopped before its "
+                                  "first checkpoint): start it again with --overwrite")
         ckpt_state, meta = load_checkpoint(ckpt_path, trust_pickle=trust_checkpoint)
         for k, v in _meta(cfg).items():
             if meta.get(k) != v:

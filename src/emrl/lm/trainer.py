@@ -680,11 +680,21 @@ class LMTrainer:
         if not _finite_params(self.policy):
             raise EmrlError(f"refusing to save non-finite weights at step {self.step}")
         path = self.rundir.path / f"checkpoint-{self.step}"
+        rng_ranks = self._rng_states()  # every process takes part (a collective)
         if self.accelerator.is_main_process:
-            save_checkpoint(path, self.state_dict(), meta=self._meta())
+            save_checkpoint(path, {**self.state_dict(), "rng_ranks": rng_ranks}, meta=self._meta())
             prune_checkpoints(self.rundir.path, self.cfg.keep_checkpoints)
         self.accelerator.wait_for_everyone()
         return path
+
+    def _rng_states(self) -> list[dict[str, Any]]:
+        """Every process's global RNG states, in rank order (each rank samples its own
+        share of the rollouts and dropout masks, so an exact resume needs all of them)."""
+        if self.world == 1:
+            return [get_rng_state()]
+        from accelerate.utils import gather_object
+
+        return list(gather_object([get_rng_state()]))
 
     def save_final(self) -> Path | None:
         """``final/``: ``save_pretrained`` model + tokenizer + task info, atomically."""
@@ -711,7 +721,8 @@ class LMTrainer:
 
         ck = latest_checkpoint(self.rundir.path)
         if ck is None:
-            raise CheckpointError(f"--resume: no complete checkpoint in {self.rundir.path}")
+            raise CheckpointError(f"--resume: no complete checkpoint in {self.rundir.path} (the run stopped "
+                                  "before its first checkpoint): start it again with --overwrite")
         state, meta = load_checkpoint(ck, trust_pickle=self.trust_checkpoint)
         mine = self._meta()
         for key in ("kind", "algo", "model", "task", "seed"):
@@ -745,8 +756,20 @@ class LMTrainer:
         self.elapsed, self.nonfinite_in_a_row = float(c["elapsed"]), int(c["nonfinite_in_a_row"])
         if self.step > self.cfg.max_steps:
             raise CheckpointError(f"checkpoint {ck} is at step {self.step}, beyond max_steps={self.cfg.max_steps}")
+        ranks = state.get("rng_ranks")
+        saved_world = int(meta.get("world_size", 1) or 1)
         try:
-            set_rng_state(state["rng"])
+            if isinstance(ranks, list) and len(ranks) == self.world:
+                set_rng_state(ranks[self.rank])
+            elif self.world == 1 and saved_world == 1:
+                set_rng_state(state["rng"])
+            else:  # another number of processes: each rank keeps its fresh seed
+                if self.accelerator.is_main_process:
+                    import sys
+
+                    print(f"note: checkpoint {ck} was written by {saved_world} process(es), this run has "
+                          f"{self.world}: random streams restart from the seed, so the resumed run is not "
+                          "bit-identical to an uninterrupted one", file=sys.stderr)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"checkpoint {ck}: its RNG state is malformed ({e})") from e
         rec = state.get("last_record")
