@@ -3,17 +3,18 @@
 For each kind of run (LM SFT, LM V-MPO, control PPO on CartPole; optionally LM SFT under
 ``accelerate launch`` with 2 CPU processes) it runs the command once uninterrupted, then
 again with ``--kills`` SIGKILLs delivered while it runs, each followed by ``--resume``
-until the run completes. A kill lands at a random time, or just as a checkpoint
-(``.checkpoint-N.*.tmp``) or the ``final/`` directory (``.final.*.tmp``) is being
-written. The interrupted run is identical when its final weights (every tensor of
-``final/``) and its metrics records (timings aside) equal the uninterrupted run's.
+until the run completes. A kill lands mid-run (after a random number of further logged
+updates), during or just after a checkpoint write (``.checkpoint-N.*.tmp``), or during the
+final evaluation / the ``final/`` write. The interrupted run is identical when its final
+weights (every tensor of ``final/``) and its metrics records (timings aside) equal the
+uninterrupted run's.
 
 ::
 
     python benchmarks/faults.py                      # 2 kills per kind (a quick check)
     python benchmarks/faults.py --kills 8 --multi    # the recorded run (benchmarks/results/faults.md)
 
-Prints one line per kind (kills survived, resumes, identical yes/no) and a total.
+Prints one line per kind (kills survived by trigger, starts, identical yes/no) and a total.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -62,14 +64,17 @@ def kinds(work: Path) -> dict[str, dict]:
     sft = ["lm", "sft", "--model", "tiny", "--max-steps", "8", "--warmup-steps", "2", *lm_common]
     base_model = work / "lm-sft-reference" / "final"
     return {
-        "lm-sft": {"args": sft, "multi": False},
+        "lm-sft": {"args": sft, "multi": False, "final_checkpoint": "checkpoint-8", "records": 8},
         "lm-vmpo": {"args": ["lm", "train", "--algo", "vmpo", "--model", str(base_model), "--max-steps", "5",
-                             "--num-samples", "4", "--eval-every", "2", *lm_common], "multi": False},
+                             "--num-samples", "4", "--eval-every", "2", *lm_common], "multi": False,
+                    "final_checkpoint": "checkpoint-5", "records": 5},
         "control-ppo": {"args": ["control", "train", "--env", "CartPole-v1", "--total-steps", "4096",
                                  "--num-envs", "4", "--unroll-length", "64", "--epochs", "4",
                                  "--normalize-obs", "--eval-every", "1024", "--eval-episodes", "2",
-                                 "--checkpoint-every", "256", "--keep-checkpoints", "2"], "multi": False},
-        "lm-sft-2proc": {"args": ["lm", "sft", "--model", "tiny", "--max-steps", "6", *lm_common], "multi": True},
+                                 "--checkpoint-every", "256", "--keep-checkpoints", "2"], "multi": False,
+                        "final_checkpoint": "checkpoint-16", "records": 17},
+        "lm-sft-2proc": {"args": ["lm", "sft", "--model", "tiny", "--max-steps", "6", *lm_common], "multi": True,
+                         "final_checkpoint": "checkpoint-6", "records": 6},
     }
 
 
@@ -119,45 +124,76 @@ def run_once(kind: dict, out: Path, timeout: float) -> float:
     return time.time() - t0
 
 
-def run_with_kills(kind: dict, out: Path, kills: int, ref_wall: float, rng: random.Random,
-                   timeout: float) -> dict:
-    """Kill ``kills`` times (random moment / during a checkpoint write / during final/),
-    resuming after each; then let the run finish. Returns counts per kill mode."""
-    done = {"random": 0, "checkpoint-write": 0, "final-write": 0}
-    starts = 0
+def _records_so_far(out: Path) -> int:
+    try:
+        return sum(1 for line in (out / "metrics.jsonl").read_bytes().splitlines() if line.strip())
+    except OSError:
+        return 0
+
+
+def run_with_kills(kind: dict, out: Path, kills: int, rng: random.Random, timeout: float) -> dict:
+    """Deliver ``kills`` SIGKILLs, resuming after each, then let the run finish.
+
+    Each kill has a trigger, polled every few milliseconds: ``update`` (once a random
+    number of further metrics records are logged: mid-run, often between an update and
+    its checkpoint), ``checkpoint`` (as soon as a checkpoint write is seen — its
+    ``.checkpoint-N.*.tmp`` — or just after one lands) and ``final`` (during the final
+    evaluation or the ``final/`` write, which follow the final checkpoint). A start that
+    completes before its trigger (the machine was faster than the poll) is not a kill:
+    the run is then started again from scratch (``--overwrite``) and the counts reset, so
+    every counted kill is in the history of the run that is compared.
+    """
+    modes = ["update", "checkpoint", "final"]
+    counts = {"during a checkpoint write": 0, "just after a checkpoint": 0, "mid-run": 0,
+              "during the final evaluation / final/ write": 0}
+    starts, restarts = 0, 0
     t_end = time.time() + timeout
+    final_ck = out / kind["final_checkpoint"]
     while True:
-        left = kills - sum(done.values())
+        left = kills - sum(counts.values())
         proc = _start(kind, out, resume=_has_run(out))
         starts += 1
         if left <= 0:
             proc.wait(timeout=max(1.0, t_end - time.time()))
             if proc.returncode != 0:
                 raise SystemExit(f"{out}: the final resume failed:\n{_tail(proc)}")
-            return {**done, "starts": starts}
-        mode = rng.choice(list(done))
-        deadline = time.time() + rng.uniform(0.2, 0.7) * ref_wall
-        killed = False
+            return {**counts, "starts": starts, "restarts": restarts}
+        mode = rng.choice(modes)
+        from emrl.checkpoint import checkpoint_step, latest_checkpoint
+
+        ck = latest_checkpoint(out) if out.exists() else None
+        now = checkpoint_step(ck) if ck is not None else 0  # ~ records kept by the resume
+        if final_ck.exists() or (mode == "update" and now >= kind["records"] - 2):
+            mode = "final"  # only the final evaluation / final/ write is left to interrupt
+        target = min(now + rng.randint(1, max(1, kind["records"] // 2)), kind["records"] - 1)
+        cks = {p.name for p in out.glob("checkpoint-*")}
+        hit = None
         while proc.poll() is None and time.time() < t_end:
-            if mode == "random":
-                hit = time.time() >= deadline
-            else:
-                pattern = ".checkpoint-*.tmp" if mode == "checkpoint-write" else ".final.*.tmp"
-                hit = any(out.glob(pattern)) if out.exists() else False
+            if out.exists() and not (out / "final").exists():
+                if mode == "update" and _records_so_far(out) >= target and not final_ck.exists():
+                    hit = "mid-run"
+                elif mode == "checkpoint" and any(out.glob(".checkpoint-*.tmp")):
+                    hit = "during a checkpoint write"
+                elif mode == "checkpoint" and {p.name for p in out.glob("checkpoint-*")} - cks:
+                    hit = "just after a checkpoint"
+                elif mode == "final" and (final_ck.exists() or any(out.glob(".final.*.tmp"))):
+                    hit = "during the final evaluation / final/ write"
             if hit:
                 _kill(proc)
-                done[mode] += 1
-                killed = True
+                counts[hit] += 1
                 break
-            time.sleep(0.002)
-        if not killed:
-            if proc.poll() is None:
-                _kill(proc)
-                raise SystemExit(f"{out}: timed out")
-            if proc.returncode != 0:
-                raise SystemExit(f"{out}: a resume failed:\n{_tail(proc)}")
-            # finished before the kill: start again from scratch of this kind's remaining kills
-            return {**done, "starts": starts, "finished_early": True}
+            time.sleep(0.003)
+        if hit:
+            continue
+        if proc.poll() is None:
+            _kill(proc)
+            raise SystemExit(f"{out}: timed out")
+        if proc.returncode != 0:
+            raise SystemExit(f"{out}: a resume failed:\n{_tail(proc)}")
+        # completed before the trigger: start over so every counted kill is in one history
+        shutil.rmtree(out)
+        counts = dict.fromkeys(counts, 0)
+        restarts += 1
 
 
 def _tensors(path: Path) -> dict:
@@ -227,13 +263,14 @@ def main() -> int:
         ref = work / f"{name}-reference"
         wall = run_once(kind, ref, args.timeout)
         k = args.multi_kills if kind["multi"] else args.kills
-        counts = run_with_kills(kind, work / f"{name}-killed", k, wall, rng, args.timeout)
+        counts = run_with_kills(kind, work / f"{name}-killed", k, rng, args.timeout)
         same, why = identical(ref, work / f"{name}-killed")
-        n = counts["random"] + counts["checkpoint-write"] + counts["final-write"]
+        n = sum(v for key, v in counts.items() if key not in ("starts", "restarts"))
         total_kills += n if not kind["multi"] else 0
         total_ok &= same or kind["multi"]
-        line = (f"{name}: {n} kills survived ({counts['random']} random, {counts['checkpoint-write']} during a "
-                f"checkpoint write, {counts['final-write']} during final/), {counts['starts']} starts; "
+        how = ", ".join(f"{v} {key}" for key, v in counts.items() if key not in ("starts", "restarts") and v)
+        restarts = f", {counts['restarts']} restarts from scratch" if counts["restarts"] else ""
+        line = (f"{name}: {n} kills survived ({how or 'none'}), {counts['starts']} starts{restarts}; "
                 f"identical: {'yes' if same else 'no'} ({why}); uninterrupted run {wall:.0f} s")
         rows.append(line)
         print(line, flush=True)
