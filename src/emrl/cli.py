@@ -9,7 +9,9 @@
 
 Each group's subcommands are registered by its own module (``emrl.lm.cli``,
 ``emrl.control.cli``, ``emrl.experiments.cli``, ``emrl.lm.demo``), imported lazily
-so ``emrl --help`` stays fast. User errors print ``error: ...`` and exit with status 2.
+so ``emrl --help`` stays fast. User errors print ``error: ...`` (one line) and exit with
+status 2; ``emrl --debug ...`` also prints the traceback. A misspelled option gets the
+closest option names.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 
 from emrl import __version__
 from emrl.clihelp import EmrlArgumentParser
-from emrl.errors import EmrlError
+from emrl.errors import EmrlError, close_matches
 
 # group name -> (module providing register(subparsers) or register_command(subparsers), help)
 _GROUPS = {
@@ -37,6 +40,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         description="Fine-tune transformers with EM-style policy improvement (SFT, V-MPO, AWR, DAR) and PPO.",
     )
     parser.add_argument("--version", action="version", version=f"emrl {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, also print the Python traceback")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Import only the group being run (plus all of them for --help), keeping startup fast.
     wanted = None
@@ -119,10 +124,42 @@ def _run_demo(args: argparse.Namespace, run_full) -> int:
     return 0
 
 
+def _leaf_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The (sub)parser that handles ``argv``'s subcommand (e.g. ``emrl lm sft``)."""
+    current = parser
+    rest = list(argv)
+    while True:
+        subs = [a for a in current._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            return current
+        idx = next((i for i, tok in enumerate(rest) if tok in subs[0].choices), None)
+        if idx is None:
+            return current
+        current, rest = subs[0].choices[rest[idx]], rest[idx + 1:]
+
+
+def _unknown_args_error(parser: argparse.ArgumentParser, argv: list[str], unknown: list[str]) -> str:
+    leaf = _leaf_parser(parser, argv)
+    options = [o for a in leaf._actions for o in a.option_strings if o.startswith("--")]
+    flag = next((u for u in unknown if u.startswith("-")), unknown[0])
+    name = flag.split("=", 1)[0]
+    matches = close_matches(name, options, n=3) if name.startswith("-") else []
+    hint = f" Did you mean: {', '.join(matches)}?" if matches else f" See: {leaf.prog} --help"
+    what = "unknown option" if name.startswith("-") else "unexpected argument"
+    return f"{leaf.prog}: {what} {name!r}.{hint}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``emrl`` command; returns the exit status (2: bad input, with a one-line
+    ``error: ...`` and no traceback unless ``--debug``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv[: argv.index("--")] if "--" in argv else "--debug" in argv
+    argv = [a for a in argv if a != "--debug"] if debug else argv
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        print(f"error: {_unknown_args_error(parser, argv, unknown)}", file=sys.stderr)
+        return 2
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()
@@ -130,7 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = func(args)
     except EmrlError as e:
+        if debug:
+            traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the machine's answer to a write/read (disk full, permissions ...)
+        if debug:
+            traceback.print_exc()
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -89,10 +89,16 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
             items = [_coerce(name, v, item_tp) for v in value]
             return items if origin is list else tuple(items)
         if origin is dict or base is dict:
+            if isinstance(value, str):  # from the command line: a JSON (or YAML) mapping
+                value = yaml.safe_load(value) if value.strip() else {}
             if not isinstance(value, dict):
                 raise ValueError
             return dict(value)
-    except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
+    except (ValueError, TypeError, argparse.ArgumentTypeError, yaml.YAMLError) as e:
+        if base is dict or typing.get_origin(base) is dict:
+            raise ConfigError(
+                f"config field {name!r} expects a mapping, e.g. '{{\"key\": 1}}' (JSON), got {value!r}"
+            ) from e
         raise ConfigError(
             f"config field {name!r} expects {getattr(base, '__name__', base)}, got {value!r}"
         ) from e
@@ -229,10 +235,12 @@ def apply_aliases(cls: type, values: dict[str, Any], *, source: str = "config") 
     return out
 
 
-def build_config(cls: type[T], args: argparse.Namespace | None = None, **overrides: Any) -> T:
-    """Resolve a config: defaults < ``args.config`` YAML < options typed in ``args`` < ``overrides``."""
+def build_config(cls: type[T], args: argparse.Namespace | None = None, *,
+                 base: dict[str, Any] | None = None, **overrides: Any) -> T:
+    """Resolve a config: defaults < ``base`` (e.g. a resumed run's saved config) <
+    ``args.config`` YAML < options typed in ``args`` < ``overrides``."""
     names = {f.name for f in dataclasses.fields(cls) if f.init}
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(base or {})
     config_path = getattr(args, "config", None) if args is not None else None
     if config_path:
         values.update(load_yaml(config_path))
@@ -257,9 +265,31 @@ def from_dict(cls: type[T], values: dict[str, Any], *, source: str = "config") -
         raise ConfigError(f"unknown field {k!r} in {source} for {cls.__name__}.{hint}")
     kwargs = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
     try:
-        return cls(**kwargs)
+        cfg = cls(**kwargs)
     except TypeError as e:
         raise ConfigError(f"invalid {cls.__name__} in {source}: {e}") from e
+    check_choices(cfg, source=source)
+    return cfg
+
+
+def check_choices(cfg: Any, *, source: str | None = None) -> None:
+    """Raise :class:`ConfigError` if a field with ``choices`` holds another value (the
+    check argparse does for command-line options, for YAML files and Python too)."""
+    for f in dataclasses.fields(cfg):
+        choices = f.metadata.get("choices")
+        if not choices:
+            continue
+        value = getattr(cfg, f.name)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for v in items:
+            if v is None and _unwrap_optional(_hints(type(cfg))[f.name])[1]:
+                continue
+            if v not in choices:
+                sugg = close_matches(str(v), [str(c) for c in choices])
+                hint = f" Did you mean: {', '.join(sugg)}?" if sugg else ""
+                where = f" in {source}" if source else ""
+                raise ConfigError(f"config field {f.name!r}{where} must be one of "
+                                  f"{', '.join(map(str, choices))}; got {v!r}.{hint}")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -268,7 +298,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {p} is not UTF-8 text (byte offset {e.start}); expected YAML") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
     if data is None:

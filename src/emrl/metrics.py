@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,8 @@ class MetricsWriter:
     """Append metrics to ``<run_dir>/metrics.jsonl``; ``wall_time`` is added automatically.
 
     ``start_time`` lets a resumed run continue its clock; ``truncate_after_step`` drops
-    lines logged after the checkpoint a run resumes from, so the file stays consistent.
+    lines logged after the checkpoint a run resumes from, so the file stays consistent
+    (``keep(record)``: also drop the earlier records it returns False for).
     """
 
     def __init__(
@@ -39,11 +41,13 @@ class MetricsWriter:
         tensorboard: bool = False,
         start_time: float | None = None,
         truncate_after_step: int | None = None,
+        keep: Callable[[dict[str, Any]], bool] | None = None,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if truncate_after_step is not None and self.path.exists():
-            kept = [r for r in read_metrics(self.path) if r.get("step", -1) <= truncate_after_step]
+            kept = [r for r in read_metrics(self.path) if r.get("step", -1) <= truncate_after_step
+                    and (keep is None or keep(r))]
             from emrl.checkpoint import atomic_write_text
 
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
@@ -93,17 +97,20 @@ class MetricsWriter:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Read every record of a ``metrics.jsonl`` (a torn last line is ignored)."""
+    """Read every record of a ``metrics.jsonl`` (a torn last line, or any line that is not
+    a JSON object, is ignored)."""
     out = []
     p = Path(path)
     if not p.exists():
         return out
-    for line in p.read_text().splitlines():
+    for line in p.read_bytes().decode("utf-8", errors="replace").splitlines():
         line = line.strip()
         if not line:
             continue
         try:
-            out.append(json.loads(line))
+            rec = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(rec, dict):
+            out.append(rec)
     return out

@@ -178,7 +178,7 @@ def test_encoder_option_errors():
         Agent(env.observation_space, env.action_space, encoder="vit")
 
 
-def test_env_snapshot_restores_the_exact_state_and_refuses_state_losing_pickles():
+def test_env_snapshot_restores_the_exact_state_as_data_and_refuses_other_envs():
     envs = make_vec_env("CartPole-v1", 3)
     envs.reset(seed=0)
     rng = np.random.default_rng(0)
@@ -194,7 +194,7 @@ def test_env_snapshot_restores_the_exact_state_and_refuses_state_losing_pickles(
         for u, v in zip(x, y, strict=True):
             np.testing.assert_array_equal(u, v)
     envs.close()
-    # EzPickle envs (Box2D) pickle their constructor arguments, not their state
+    # Box2D worlds are not plain data: no snapshot (a resume starts new episodes)
     ll = make_vec_env("LunarLander-v3", 2)
     ll.reset(seed=0)
     assert snapshot_envs(ll) is None

@@ -76,7 +76,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, algo):
 
 def test_resume_rejects_corrupted_checkpoint(tmp_path):
     make_trainer(sft_config(max_steps=2), tmp_path).train()
-    state = tmp_path / "run" / "checkpoint-2" / "state.pt"
+    state = tmp_path / "run" / "checkpoint-2" / "tensors.safetensors"
     data = bytearray(state.read_bytes())
     data[len(data) // 2] ^= 0xFF
     state.write_bytes(bytes(data))

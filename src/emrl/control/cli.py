@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from emrl.config import add_config_args, build_config
+from emrl.checkpoint import TRUST_HELP
+from emrl.config import add_config_args, build_config, load_yaml
 from emrl.errors import EmrlError
 
 
@@ -26,15 +27,15 @@ def _train(args: argparse.Namespace) -> int:
     from emrl.control.train import resolve_resume_config, train
 
     if args.resume:
-        typed = {k: v for k, v in vars(args).items()
-                 if k in ControlConfig.__dataclass_fields__}
-        base = build_config(ControlConfig, argparse.Namespace(config=args.config)) if args.config else None
-        overrides = dict(vars(base)) if base is not None else {}
-        overrides.update(typed)
+        # the saved config is the base: --config and typed options override only the
+        # fields they name (never reset the others to defaults)
+        overrides = load_yaml(args.config) if args.config else {}
+        overrides.update({k: v for k, v in vars(args).items() if k in ControlConfig.__dataclass_fields__})
         cfg = resolve_resume_config(Path(args.output_dir), overrides)
     else:
         cfg = build_config(ControlConfig, args)
-    final = train(cfg, args.output_dir, resume=args.resume, overwrite=args.overwrite)
+    final = train(cfg, args.output_dir, resume=args.resume, overwrite=args.overwrite,
+                  trust_checkpoint=args.trust_checkpoint)
     print(f"run directory: {args.output_dir} (emrl control eval --run {args.output_dir} repeats the "
           "final evaluation)")
     print(f"final eval return: {final['eval/return']:.2f} {final['eval/summary']}, after "
@@ -49,7 +50,8 @@ def _eval(args: argparse.Namespace) -> int:
     from emrl.threads import configure_threads
 
     configure_threads(args.num_threads)
-    agent, cfg, obs_rms = load_agent(args.run)
+    agent, cfg, obs_rms = load_agent(args.run, trust_checkpoint=args.trust_checkpoint,
+                                     trust_env_code=args.trust_env_code)
     # defaults: the run's own final evaluation (policy, episodes, seeds)
     episodes = args.episodes if args.episodes is not None else cfg.eval_episodes
     seed = args.seed if args.seed is not None else final_eval_seed(cfg)
@@ -83,6 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --output-dir from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --output-dir")
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     add_config_args(p, ControlConfig)
     p.set_defaults(func=_train)
 
@@ -104,6 +107,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="record the first episode to DIR/videos (needs moviepy)")
     e.add_argument("--num-threads", type=int, default=1, help="torch threads (default: 1)")
     e.add_argument("--verbose", action="store_true", help="also print every episode's return")
+    e.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+    e.add_argument("--trust-env-code", action="store_true",
+                   help="import the module named by the run's environment id (module:EnvClass); "
+                        "that runs code chosen by whoever wrote the run directory")
     e.set_defaults(func=_eval)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from emrl.config import cfg_field
+from emrl.config import cfg_field, check_choices
 from emrl.errors import ConfigError
 
 ALGOS = ("ppo", "vmpo")
@@ -86,6 +86,7 @@ class ControlConfig:
     device: str = cfg_field("cpu", "torch device", group="eval")
 
     def validate(self) -> None:
+        check_choices(self)
         if self.algo not in ALGOS:
             raise ConfigError(f"algo must be one of {list(ALGOS)}, got {self.algo!r}")
         for name in ("total_steps", "num_envs", "unroll_length", "epochs", "num_minibatches",
@@ -99,9 +100,20 @@ class ControlConfig:
         for name in ("gamma", "gae_lambda"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("lr", "eps_eta", "eps_alpha", "eps_alpha_mu", "eps_alpha_sigma", "eta_init", "alpha_init"):
+        for name in ("lr", "eps_eta", "eps_alpha", "eps_alpha_mu", "eps_alpha_sigma", "eta_init", "alpha_init",
+                     "init_std", "adam_eps", "clip_coef", "max_grad_norm", "lstm_hidden_size"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("eval_every", "checkpoint_every", "vf_coef", "ent_coef"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("dual_lr", "target_kl"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0 (or None), got {getattr(self, name)}")
+        if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
+            raise ConfigError(f"hidden_sizes must be a non-empty list of sizes >= 1, got {self.hidden_sizes}")
+        if not isinstance(self.core_kwargs, dict):
+            raise ConfigError(f"core_kwargs must be a mapping, got {self.core_kwargs!r}")
         batch = self.num_envs * self.unroll_length
         if self.core == "mlp":
             if batch % self.num_minibatches:

@@ -10,7 +10,9 @@
   standard preprocessing — no-op starts, frame skip 4 with max-pooling, grey-scale,
   84×84, 4 stacked frames, sticky actions p=0.25 as ALE v5); ``popgym-<Name>-v0``
   (extra ``memory``); ``bsuite/memory_len/<id>`` through a dm_env adapter (extra
-  ``memory``). Unknown ids get close-match suggestions.
+  ``memory``); your own envs as ``module:EnvId`` (a module that registers ``EnvId``) or
+  ``module:EnvClass`` (a ``gymnasium.Env`` subclass). Unknown ids get close-match
+  suggestions.
 * Discrete / MultiDiscrete observations are one-hot encoded (concatenated).
 * :class:`RunningMeanStd` normalises observations (state kept in checkpoints).
 * :func:`check_finite` raises an error naming the env and step on NaN/inf.
@@ -18,8 +20,8 @@
 
 from __future__ import annotations
 
+import copy
 import functools
-import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +55,46 @@ def _ensure_registered(env_id: str) -> None:
             ) from e
 
 
+CUSTOM_NAMESPACE = "emrl-custom"
+
+
+def is_custom_env_id(env_id: str) -> bool:
+    """Whether ``env_id`` names a module to import (``module:EnvId`` / ``module:EnvClass``)."""
+    return ":" in env_id and not env_id.startswith((ATARI_PREFIX, POPGYM_PREFIX, BSUITE_PREFIX))
+
+
+def resolve_env_id(env_id: str) -> str:
+    """The registered Gymnasium id of ``env_id``.
+
+    Besides plain ids: ``module:EnvId`` imports ``module`` (which registers ``EnvId``, as
+    in ``gymnasium.make``) and ``module:EnvClass`` registers the ``gymnasium.Env``
+    subclass ``EnvClass`` of ``module`` (as ``emrl-custom/module.EnvClass-v0``). A module is
+    imported only when the id names it.
+    """
+    if not is_custom_env_id(env_id):
+        return env_id
+    from emrl.imports import import_user_module
+
+    mod_name, _, name = env_id.partition(":")
+    if not mod_name or not name:
+        raise EmrlError(f"environment {env_id!r}: expected 'module:EnvId' or 'module:EnvClass'")
+    module = import_user_module(mod_name, f"environment {env_id!r}")
+    if name in gym.registry:
+        return name
+    obj = getattr(module, name, None)
+    if isinstance(obj, type) and issubclass(obj, gym.Env):
+        reg_id = f"{CUSTOM_NAMESPACE}/{mod_name}.{name}-v0"
+        if reg_id not in gym.registry:
+            gym.register(id=reg_id, entry_point=obj)
+        return reg_id
+    classes = [n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, gym.Env)
+               and v.__module__ == module.__name__]
+    matches = close_matches(name, classes + [i for i in gym.registry if i.startswith(name[:3])])
+    hint = f" Did you mean: {', '.join(matches)}?" if matches else ""
+    raise EmrlError(f"environment {env_id!r}: module {mod_name!r} registers no environment {name!r} "
+                    f"and has no gymnasium.Env class of that name.{hint}")
+
+
 def check_env_id(env_id: str) -> None:
     """Raise :class:`EmrlError` with close ids when ``env_id`` is not registered."""
     if env_id.startswith(BSUITE_PREFIX):
@@ -60,6 +102,7 @@ def check_env_id(env_id: str) -> None:
 
         parse_bsuite_id(env_id)
         return
+    env_id = resolve_env_id(env_id)
     _ensure_registered(env_id)
     if env_id in gym.registry:
         return
@@ -119,7 +162,7 @@ def _make_single(env_id: str, render_mode: str | None = None, **kwargs: Any) -> 
         return gym.wrappers.FrameStackObservation(env, 4)
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
-    env = gym.make(env_id, **kwargs)
+    env = gym.make(resolve_env_id(env_id), **kwargs)
     return _one_hot_discrete_obs(env)
 
 
@@ -295,44 +338,125 @@ class RunningMeanStd:
 
 
 # ----------------------------------------------------------------------- snapshots
-def snapshot_envs(envs: gym.vector.VectorEnv) -> bytes | None:
-    """The complete state of a one-process vector env's copies (physics, episode clocks,
-    random generators) as bytes, for an exact resume; ``None`` where that is not
-    possible: an ``AsyncVectorEnv`` (its envs live in other processes) or an env that
-    cannot be pickled (e.g. Box2D worlds, ALE emulators)."""
+#: environment packages whose state is entirely in plain attributes (arrays, numbers) and
+#: the ``np_random`` generator: these can be snapshotted as data.
+_SNAPSHOT_MODULES = ("gymnasium.envs.classic_control.", "gymnasium.envs.toy_text.")
+#: wrappers whose state is plain attributes (episode clocks, checker flags).
+_SNAPSHOT_WRAPPERS = ("TimeLimit", "OrderEnforcing", "PassiveEnvChecker", "TransformObservation")
+#: attributes rebuilt identically by making the env again (never snapshotted).
+_REBUILT = ("env", "spec", "metadata", "_metadata", "_cached_spec", "func", "_np_random", "np_random",
+            "render_mode")
+_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+
+
+def _is_data(v: Any, depth: int = 0) -> bool:
+    if depth > 8:
+        return False
+    if v is None or isinstance(v, (bool, int, float, str, np.generic)):
+        return not isinstance(v, np.generic) or v.dtype.kind in "biuf"
+    if isinstance(v, np.ndarray):
+        return v.dtype.kind in "biuf"
+    if isinstance(v, (list, tuple)):
+        return all(_is_data(x, depth + 1) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, (str, int)) and _is_data(x, depth + 1) for k, x in v.items())
+    return False
+
+
+def _layers(env: Any) -> list[Any]:
+    out = []
+    while isinstance(env, gym.Wrapper) and len(out) < 64:
+        out.append(env)
+        env = env.env
+    out.append(env)
+    return out
+
+
+def _snapshot_one(env: gym.Env) -> list[dict[str, Any]] | None:
+    layers = _layers(env)
+    base = layers[-1]
+    if not type(base).__module__.startswith(_SNAPSHOT_MODULES):
+        return None
+    out = []
+    for layer in layers:
+        name = type(layer).__name__
+        if layer is not base and name not in _SNAPSHOT_WRAPPERS:
+            return None
+        attrs: dict[str, Any] = {}
+        for k, v in vars(layer).items():
+            if k in _REBUILT or isinstance(v, (gym.Space, gym.envs.registration.EnvSpec)):
+                continue
+            if not _is_data(v):
+                return None  # e.g. a live renderer: the state is not plain data
+            attrs[k] = v.copy() if isinstance(v, np.ndarray) else copy.deepcopy(v)
+        rng = None
+        if layer is base and getattr(layer, "_np_random", None) is not None:
+            bg = layer._np_random.bit_generator
+            if type(bg).__name__ not in _BIT_GENERATORS:
+                return None
+            rng = copy.deepcopy(bg.state)
+        out.append({"class": name, "attrs": attrs, "np_random": rng})
+    return out
+
+
+def snapshot_envs(envs: gym.vector.VectorEnv) -> list[list[dict[str, Any]]] | None:
+    """The state of a one-process vector env's copies (physics state arrays, episode
+    clocks, ``np_random`` generator states) as plain data, for an exact resume.
+
+    Only environments whose state is plain data are snapshotted: Gymnasium's classic
+    control and toy-text environments, under the standard wrappers (``TimeLimit``,
+    ``OrderEnforcing``, the env checker). ``None`` for anything else — an
+    ``AsyncVectorEnv`` (its envs live in other processes), Box2D worlds, ALE emulators,
+    other packages' envs — and a resume then starts new episodes. Nothing is pickled.
+    """
     if not isinstance(envs, (gym.vector.SyncVectorEnv, LeanSyncVectorEnv)):
         return None
-    if not all(_pickles_its_state(e) for e in envs.envs):
-        return None
-    try:
-        return pickle.dumps(envs.envs)
-    except Exception:  # noqa: BLE001 - any env may refuse to pickle in its own way
-        return None
+    snaps = []
+    for e in envs.envs:
+        snap = _snapshot_one(e)
+        if snap is None:
+            return None
+        snaps.append(snap)
+    return snaps
 
 
-def _pickles_its_state(env: Any) -> bool:
-    """Whether pickling ``env`` (and every wrapper around it) keeps its state: false for
-    classes with their own pickling, such as Gymnasium's ``EzPickle`` envs (Box2D, Atari),
-    which pickle their constructor arguments and come back as fresh, un-reset envs."""
-    seen = 0
-    while env is not None and seen < 64:
-        cls = type(env)
-        if any(getattr(cls, name) is not getattr(object, name)
-               for name in ("__getstate__", "__reduce__", "__reduce_ex__")):
-            return False
-        env = getattr(env, "env", None) if isinstance(env, gym.Wrapper) else None
-        seen += 1
-    return True
+def _generator(state: Any) -> np.random.Generator:
+    name = state.get("bit_generator") if isinstance(state, dict) else None
+    if name not in _BIT_GENERATORS:
+        raise EmrlError(f"environment snapshot: unknown random generator {name!r}")
+    bg = getattr(np.random, name)()
+    bg.state = state
+    return np.random.Generator(bg)
 
 
-def restore_envs(envs: gym.vector.VectorEnv, blob: bytes) -> None:
-    """Put the copies saved by :func:`snapshot_envs` back into ``envs`` (closing the
-    copies it had). Only load snapshots of your own runs: they are pickles."""
+def restore_envs(envs: gym.vector.VectorEnv, snaps: Any) -> None:
+    """Put the state saved by :func:`snapshot_envs` back into the (freshly made) copies
+    of ``envs``; the layers must match (same env and wrappers)."""
     if not isinstance(envs, (gym.vector.SyncVectorEnv, LeanSyncVectorEnv)):
         raise EmrlError("an environment snapshot can only be restored into a sync vector env")
-    restored = pickle.loads(blob)  # noqa: S301 - the run's own checkpoint (sha256-checked)
-    if len(restored) != envs.num_envs:
-        raise EmrlError(f"environment snapshot holds {len(restored)} envs, this run has {envs.num_envs}")
-    for e in envs.envs:
-        e.close()
-    envs.envs = restored
+    if not isinstance(snaps, list):
+        raise EmrlError(f"environment snapshot must be a list of envs, got {type(snaps).__name__}")
+    if len(snaps) != envs.num_envs:
+        raise EmrlError(f"environment snapshot holds {len(snaps)} envs, this run has {envs.num_envs}")
+    plans = []
+    for i, (env, snap) in enumerate(zip(envs.envs, snaps, strict=True)):
+        layers = _layers(env)
+        names = [type(x).__name__ for x in layers]
+        try:
+            saved = [d["class"] for d in snap]
+        except (TypeError, KeyError) as e:
+            raise EmrlError(f"environment snapshot of env {i} is malformed") from e
+        if names != saved:
+            raise EmrlError(f"environment snapshot of env {i} has layers {saved}, this env has {names}")
+        for layer, d in zip(layers, snap, strict=True):
+            attrs = d.get("attrs")
+            if not isinstance(attrs, dict) or not _is_data(attrs) or any(
+                    not isinstance(k, str) or k in _REBUILT or k.startswith("__") for k in attrs):
+                raise EmrlError(f"environment snapshot of env {i} has malformed attributes")
+            rng = _generator(d["np_random"]) if d.get("np_random") is not None else None
+            plans.append((layer, attrs, rng))
+    for layer, attrs, rng in plans:
+        for k, v in attrs.items():
+            setattr(layer, k, v.copy() if isinstance(v, np.ndarray) else copy.deepcopy(v))
+        if rng is not None:
+            layer._np_random = rng

@@ -121,10 +121,10 @@ class Actor:
         :func:`emrl.control.envs.snapshot_envs`), the current observations, core state,
         reset flags, previous action/reward inputs and unfinished episode statistics.
         ``None`` when the envs cannot be snapshotted (a resume then starts new episodes)."""
-        blob = snapshot_envs(self.envs)
-        if blob is None:
+        snaps = snapshot_envs(self.envs)
+        if snaps is None:
             return None
-        sd: dict[str, Any] = {"envs": blob, "obs": self.obs, "state": self.state, "reset": self.reset,
+        sd: dict[str, Any] = {"envs": snaps, "obs": self.obs, "state": self.state, "reset": self.reset,
                               "env_steps": self.env_steps, "stats": self.stats.state_dict()}
         if self.prev_inputs:
             sd["prev_action"], sd["prev_reward"] = self.prev_action, self.prev_reward

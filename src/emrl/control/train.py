@@ -38,12 +38,12 @@ from emrl.control.envs import RunningMeanStd, make_env, make_vec_env, obs_shape
 from emrl.control.evaluate import evaluate
 from emrl.control.fastopt import AdamStep, FlatParameters, clip_grad_norm, make_adam
 from emrl.control.rollout import Actor, Batch
-from emrl.errors import CheckpointError
+from emrl.errors import CheckpointError, EmrlError
 from emrl.metrics import MetricsWriter
 from emrl.nn.core import index_state
 from emrl.objectives import checks
 from emrl.progress import progress
-from emrl.rundir import RunDir
+from emrl.rundir import RunDir, check_resume_config
 from emrl.seeding import get_rng_state, seed_everything, set_rng_state
 from emrl.threads import configure_threads
 
@@ -112,33 +112,64 @@ def _meta(cfg: ControlConfig) -> dict[str, Any]:
     return {"env": cfg.env, "algo": cfg.algo, "core": cfg.core}
 
 
+#: config fields that may change on ``--resume`` (how often to log, save and evaluate;
+#: threads). ``total_steps`` may change only without annealing (``anneal_lr`` and, for
+#: PPO, ``anneal_clip`` off): annealing runs over ``total_steps``.
+RESUMABLE_CHANGES = ("eval_every", "eval_episodes", "checkpoint_every", "keep_checkpoints", "log_every",
+                     "tensorboard", "num_threads")
+
+
 def resolve_resume_config(run_dir: Path, overrides: dict[str, Any]) -> ControlConfig:
     """The saved config of ``run_dir`` with the options typed on the command line."""
-    values = load_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else {}
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise CheckpointError(f"--resume: {run_dir} has no config.yaml (is it an emrl control run directory?)")
+    values = load_yaml(path)
     values.update(overrides)
-    return from_dict(ControlConfig, values, source=str(run_dir / "config.yaml"))
+    return from_dict(ControlConfig, values, source=str(path))
+
+
+def _check_resume(cfg: ControlConfig, run: RunDir) -> None:
+    path = run.config_path
+    if not path.is_file():
+        raise CheckpointError(f"--resume: {run.path} has no config.yaml (is it an emrl control run directory?)")
+    saved = load_yaml(path)
+    anneals = cfg.anneal_lr or (cfg.algo == "ppo" and cfg.anneal_clip)
+    check_resume_config(saved, to_dict(cfg), free=RESUMABLE_CHANGES, where=f"the run in {run.path}",
+                        horizon="total_steps", horizon_ok=not anneals,
+                        horizon_why="the annealing of the learning rate / clip range (anneal_lr, "
+                                    "anneal_clip run over total_steps)")
 
 
 def train(
     cfg: ControlConfig, output_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+    trust_checkpoint: bool = False,
 ) -> dict[str, Any]:
-    """Train an agent as configured; write the run directory; return final metrics."""
+    """Train an agent as configured; write the run directory; return final metrics.
+
+    Everything (config, the checkpoint and settings to resume, environment, agent,
+    optimiser state) is built and validated before anything is written; an old run is
+    only removed (``overwrite``) after that. ``trust_checkpoint``: also resume from a
+    checkpoint of the old pickle format (can run code; :mod:`emrl.checkpoint`).
+    """
     cfg.validate()
     configure_threads(cfg.num_threads)
     device = torch.device(cfg.device)
-    run = RunDir(output_dir, resume=resume, overwrite=overwrite)
+    run = RunDir(output_dir, resume=resume, overwrite=overwrite, defer=True)  # checks only
     ckpt_path = run.latest_checkpoint() if resume else None
     ckpt_state: dict[str, Any] | None = None
     if resume:
         if ckpt_path is None:
-            raise CheckpointError(f"--resume: no checkpoint in {run.path}")
-        ckpt_state, meta = load_checkpoint(ckpt_path)
+            raise CheckpointError(f"--resume: no checkpoint in {run.path} (the run stopped before its "
+                                  "first checkpoint): start it again with --overwrite")
+        ckpt_state, meta = load_checkpoint(ckpt_path, trust_pickle=trust_checkpoint)
         for k, v in _meta(cfg).items():
             if meta.get(k) != v:
                 raise CheckpointError(
                     f"checkpoint {ckpt_path} was trained with {k}={meta.get(k)!r}, but this run "
                     f"has {k}={v!r}; resume with the same {k} or start a new run"
                 )
+        _check_resume(cfg, run)
     seed_everything(cfg.seed)
     envs = make_vec_env(cfg.env, cfg.num_envs, vectorization=cfg.vectorization)
     try:
@@ -159,40 +190,67 @@ def train(
         update0, wall0, env_steps = 0, 0.0, 0
         gen = torch.Generator().manual_seed(cfg.seed)
         if ckpt_state is not None:
-            agent.load_state_dict(ckpt_state["agent"])
             try:
-                opt.load_state_dict(ckpt_state["optimizer"])
-            except ValueError as e:  # another parameter layout (e.g. an emrl before the flat one)
+                agent.load_state_dict(ckpt_state["agent"])
+                algo.load_state_dict(ckpt_state["algo"])
+                if obs_rms is not None:
+                    obs_rms.load_state_dict(ckpt_state["obs_rms"])
+                update0 = int(ckpt_state["update"])
+                env_steps, wall0 = int(ckpt_state["env_steps"]), float(ckpt_state["wall_time"])
+                gen.set_state(ckpt_state["minibatch_rng"])
+                rng_state = ckpt_state["rng"]
+                opt_state = ckpt_state["optimizer"]
+            except (KeyError, TypeError, ValueError, RuntimeError) as e:
+                raise CheckpointError(f"checkpoint {ckpt_path} does not fit this run: {e}") from e
+            try:
+                opt.load_state_dict(opt_state)
+            except (ValueError, KeyError, TypeError) as e:  # another parameter layout (e.g. an emrl before the flat one)
                 raise CheckpointError(
                     f"checkpoint {ckpt_path}: its optimizer state does not fit this agent's "
                     f"parameters ({e}); it was written by another emrl version or agent configuration. "
                     "Start a new run (or resume with the emrl version that wrote it)"
                 ) from e
-            algo.load_state_dict(ckpt_state["algo"])
-            if obs_rms is not None:
-                obs_rms.load_state_dict(ckpt_state["obs_rms"])
-            update0, env_steps, wall0 = ckpt_state["update"], ckpt_state["env_steps"], ckpt_state["wall_time"]
-            set_rng_state(ckpt_state["rng"])
-            gen.set_state(ckpt_state["minibatch_rng"])
+            if update0 > num_updates:
+                raise CheckpointError(f"checkpoint {ckpt_path} is at update {update0}, beyond this run's "
+                                      f"{num_updates} updates (total_steps={cfg.total_steps})")
+            try:
+                set_rng_state(rng_state)
+            except (KeyError, TypeError, ValueError, RuntimeError) as e:
+                raise CheckpointError(f"checkpoint {ckpt_path}: its RNG state is malformed ({e})") from e
+        actor_state = ckpt_state.get("actor") if ckpt_state is not None else None
+        if actor_state is not None and not isinstance(actor_state.get("envs"), list):
+            actor_state = None  # an old-format (pickled) env snapshot: not restored
+        # everything is validated: only now is the old run removed (--overwrite) and
+        # anything written
+        run.prepare()
         opt_step = AdamStep(opt)
-        run.write_config(cfg)
-        writer = MetricsWriter(
-            run.metrics_path, tensorboard=cfg.tensorboard, start_time=wall0,
-            truncate_after_step=update0 if resume else None,
-        )
         actor = Actor(envs, agent, cfg.env, seed=cfg.seed + 7919 * update0, obs_rms=obs_rms, device=device,
                       reward_scale=cfg.reward_scale)
         if ckpt_state is not None:
-            if ckpt_state.get("actor") is not None:
+            if actor_state is not None:
                 # exact resume: the envs, observations, core state and episode statistics
                 # as they were (the fresh actor's reset also fed the normaliser: reload it)
-                actor.load_state_dict(ckpt_state["actor"])
+                try:
+                    actor.load_state_dict(actor_state)
+                except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+                    raise CheckpointError(f"checkpoint {ckpt_path}: its environment snapshot does not "
+                                          f"fit this run ({e})") from e
                 if obs_rms is not None:
                     obs_rms.load_state_dict(ckpt_state["obs_rms"])
             else:
-                print(f"note: {cfg.env} could not be snapshotted with the checkpoint (an env that "
-                      "cannot be pickled, or async vectorization): the resumed run starts new "
-                      "episodes, so it is not bit-identical to an uninterrupted one", file=sys.stderr)
+                print(f"note: {cfg.env} could not be snapshotted with the checkpoint (only envs whose "
+                      "state is plain data, such as classic control, with sync vectorization are): "
+                      "the resumed run starts new episodes, so it is not bit-identical to an "
+                      "uninterrupted one", file=sys.stderr)
+        run.write_config(cfg)
+        # resuming from the final checkpoint: the final record (logged after it) is
+        # dropped and logged again, never twice
+        final_rec = (lambda r: not (r.get("step") == num_updates and "eval/return" in r)) \
+            if update0 == num_updates else None
+        writer = MetricsWriter(
+            run.metrics_path, tensorboard=cfg.tensorboard, start_time=wall0,
+            truncate_after_step=update0 if resume else None, keep=final_rec,
+        )
         bar = progress(total=num_updates * batch_steps, desc=f"{cfg.algo} {cfg.env}", unit="step",
                        initial=update0 * batch_steps)
         next_eval = _next_multiple(env_steps, cfg.eval_every)
@@ -288,6 +346,11 @@ def train(
                 _save(run, cfg, agent, opt, algo, obs_rms, update + 1, env_steps,
                       writer.elapsed, gen, actor)
                 next_ckpt = _next_multiple(env_steps, cfg.checkpoint_every)
+        # the final checkpoint comes before the final evaluation: if evaluating fails,
+        # --resume finishes the run from here without redoing any update
+        if update0 < num_updates or run.latest_checkpoint() is None:
+            _save(run, cfg, agent, opt, algo, obs_rms, num_updates, env_steps,
+                  writer.elapsed, gen, actor)
         res = _evaluate(cfg, agent, obs_rms, device, num_updates, full=True)
         postfix[eval_label(cfg)] = f"{res['mean_return']:.1f}"  # the bar ends on the final line's number
         bar.set_postfix(postfix, refresh=False)
@@ -297,8 +360,6 @@ def train(
                  "eval/first_seed": res["seeds"][0], "eval/deterministic": float(res["deterministic"])}
         writer.log(final)
         writer.close()
-        _save(run, cfg, agent, opt, algo, obs_rms, num_updates, env_steps,
-              writer.elapsed, gen, actor)
         _save_final(run, cfg, agent, obs_rms)
         return {**final, "eval/summary": describe_eval(res)}
     finally:
@@ -372,14 +433,23 @@ def _save_final(run, cfg, agent, obs_rms) -> None:
     save_checkpoint(run.final_dir, state, meta=_meta(cfg))
 
 
-def load_agent(run_dir: str | Path, device: str = "cpu") -> tuple[Agent, ControlConfig, RunningMeanStd | None]:
-    """Load the final (or latest checkpointed) agent of a run directory."""
+def load_agent(run_dir: str | Path, device: str = "cpu", *, trust_checkpoint: bool = False,
+               trust_env_code: bool = False) -> tuple[Agent, ControlConfig, RunningMeanStd | None]:
+    """Load the final (or latest checkpointed) agent of a run directory (data only:
+    nothing is unpickled unless ``trust_checkpoint`` allows an old-format checkpoint; an
+    environment id naming a module is imported only with ``trust_env_code``)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
         raise CheckpointError(f"{run_dir} is not a control run directory (no config.yaml)")
     from emrl.config import load_config
+    from emrl.control.envs import is_custom_env_id
 
     cfg = load_config(ControlConfig, run_dir / "config.yaml")
+    if is_custom_env_id(cfg.env) and not trust_env_code:
+        raise EmrlError(
+            f"the run in {run_dir} names environment {cfg.env!r}, which would import module "
+            f"{cfg.env.partition(':')[0]!r}; emrl does not run code named by a run directory "
+            "unless asked: pass --trust-env-code if you trust that module")
     path = run_dir / "final"
     if not path.exists():
         from emrl.checkpoint import latest_checkpoint
@@ -387,16 +457,19 @@ def load_agent(run_dir: str | Path, device: str = "cpu") -> tuple[Agent, Control
         path = latest_checkpoint(run_dir)
         if path is None:
             raise CheckpointError(f"{run_dir} holds neither final/ nor a checkpoint")
-    state, meta = load_checkpoint(path)
+    state, meta = load_checkpoint(path, trust_pickle=trust_checkpoint)
     if meta.get("env") != cfg.env:
         raise CheckpointError(f"{path} was trained on {meta.get('env')!r}, config says {cfg.env!r}")
     env = make_env(cfg.env)
     agent = build_agent(cfg, env.observation_space, env.action_space)
     env.close()
-    agent.load_state_dict(state["agent"])
+    try:
+        agent.load_state_dict(state["agent"])
+        obs_rms = None
+        if "obs_rms" in state:
+            obs_rms = RunningMeanStd(agent.obs_shape)
+            obs_rms.load_state_dict(state["obs_rms"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path} does not fit the agent of {run_dir / 'config.yaml'}: {e}") from e
     agent.to(device).eval()
-    obs_rms = None
-    if "obs_rms" in state:
-        obs_rms = RunningMeanStd(agent.obs_shape)
-        obs_rms.load_state_dict(state["obs_rms"])
     return agent, cfg, obs_rms

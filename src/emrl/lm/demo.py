@@ -86,6 +86,28 @@ def plateau_change(records: list[dict]) -> float | None:
     return q[-1] - q[0]
 
 
+def _refuse_foreign_stage(stage: Path, signature: dict[str, Any]) -> None:
+    """Raise unless ``stage`` is absent, empty or a run an emrl demo wrote (its
+    ``config.yaml`` has the demo's ``signature`` values): the demo replaces it."""
+    if not stage.exists() or (stage.is_dir() and not any(stage.iterdir())):
+        return
+    from emrl.config import load_yaml
+
+    saved: dict[str, Any] = {}
+    if stage.is_dir() and (stage / "config.yaml").is_file():
+        try:
+            saved = load_yaml(stage / "config.yaml")
+        except EmrlError:
+            saved = {}
+    differs = [k for k, v in signature.items() if saved.get(k) != v]
+    if differs:
+        k = differs[0]
+        raise EmrlError(
+            f"{stage} holds something that is not a run of this demo (its config has {k}="
+            f"{saved.get(k)!r}, the demo's {k}={signature[k]!r}); the demo would replace it. "
+            "Pass --overwrite to replace it, or choose another --output-dir")
+
+
 def run_demo(dc: DemoConfig, output_dir: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
     """Run the demo (see module docstring); returns the summary dict.
 
@@ -105,10 +127,14 @@ def run_demo(dc: DemoConfig, output_dir: str | Path, *, overwrite: bool = False)
         if foreign:
             raise EmrlError(f"output directory {out} holds files that are not from an emrl demo "
                             f"({', '.join(foreign[:3])}); pass --overwrite or choose another --output-dir")
+    sft_cfg, rl_cfg, cont_cfg = _stage_configs(dc, out)
+    if not overwrite:
+        _refuse_foreign_stage(out / "sft", {"model": "tiny", "eval_every": sft_cfg.eval_every,
+                                            "eval_temperature": 1.0})
+        _refuse_foreign_stage(out / "rl", {"model": str(out / "sft" / "final"), "algo": "vmpo"})
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("summary.json", "report.md", "learning_curves.png"):
         (out / stale).unlink(missing_ok=True)
-    sft_cfg, rl_cfg, cont_cfg = _stage_configs(dc, out)
     t0 = time.time()
     print(f"[emrl demo] 1/3 SFT of the tiny model ({sft_cfg.max_steps} updates) -> {out / 'sft'}", flush=True)
     sft_last = LMTrainer(sft_cfg, out / "sft", overwrite=True).train()

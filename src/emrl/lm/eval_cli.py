@@ -73,6 +73,8 @@ class EvalConfig:
                                    group="output")
     batch_size: int = cfg_field(256, "sequences per generate call", group="output")
     trust_remote_code: bool = cfg_field(False, "allow the model directory's own code", group="output")
+    trust_task_code: bool = cfg_field(
+        False, "import the reward functions (module:function) named by the task saved with the model (emrl_task.json); off: such a task needs --reward-funcs", group="reward")
     num_threads: int | None = cfg_field(
         None, "torch CPU threads (none: $EMRL_NUM_THREADS or all usable CPUs)", group="output")
     device: str | None = cfg_field(None, "device, e.g. cpu or cuda (none: cuda if available)", group="output")
@@ -128,9 +130,14 @@ def _saved_rewards(info: dict, cfg: EvalConfig) -> tuple[list | None, list | Non
     the model's task. The third value explains a recorded one that cannot be imported here
     (e.g. defined in the training script); the caller then uses the task's own reward."""
     from emrl.lm.rewards import resolve_reward
+    from emrl.lm.tasks import _code_specs
 
     specs = info.get("reward_funcs")
     if cfg.reward_funcs is not None or not specs:
+        return cfg.reward_funcs, cfg.reward_weights, None
+    if not cfg.trust_task_code and _code_specs(specs):
+        # importing them would run code named by the model directory: load_task_from_info
+        # refuses, saying which module and how to allow it
         return cfg.reward_funcs, cfg.reward_weights, None
     sources = {s.get("spec"): s for s in info.get("reward_sources") or []}
     for spec in specs:
@@ -180,7 +187,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             info = {**info, "reward_funcs": None, "reward_weights": None}
         task = load_task_from_info(
             info, num_eval=cfg.num_eval, template=cfg.template, reward_funcs=funcs,
-            reward_weights=weights, num_train=0,
+            reward_weights=weights, num_train=0, trust_code=cfg.trust_task_code,
+            where=f"model {cfg.model}",
         )
         if note is not None and task.reward_fn is None and not task.has_answers:
             raise EmrlError(f"{note}, and task {task.name!r} has no reward or answers of its own. "

@@ -37,6 +37,9 @@ from emrl.config import cfg_field
 from emrl.errors import ConfigError, EmrlError
 
 TINY_NAME = "tiny"
+#: files of which a model directory must hold at least one to have a tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
+                   "vocab.txt", "spiece.model")
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
 #: characters of the tiny tokenizer, one token each (printable ASCII, newline, tab).
@@ -221,6 +224,11 @@ def load_model_and_tokenizer(
         )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if not any((path / n).is_file() for n in TOKENIZER_FILES):
+        raise EmrlError(
+            f"model directory {str(path)!r} has no tokenizer files (expected one of "
+            f"{', '.join(TOKENIZER_FILES)}); save the tokenizer next to the model "
+            "(tokenizer.save_pretrained(DIR)), as emrl's final/ directories do")
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             str(path), trust_remote_code=trust_remote_code, local_files_only=True

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from emrl.errors import EmrlError, close_matches
+from emrl.imports import import_user_module
 
 RewardFn = Callable[..., Sequence[float]]
 
@@ -129,10 +130,7 @@ def load_reward_fn(spec: str) -> RewardFn:
             f"(or be one of: {', '.join(sorted(BUILTIN_REWARDS))})"
         )
     module_name, attr = spec.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise EmrlError(f"reward function {spec!r}: cannot import module {module_name!r}: {e}") from e
+    module = import_user_module(module_name, f"reward function {spec!r}")
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -170,6 +168,9 @@ def compute_rewards(
         out = fn(list(prompts), list(completions), **dict(columns or {}))
     except EmrlError:
         raise
+    except SystemExit as e:  # a reward must not end the run silently
+        raise EmrlError(f"reward function {name} called sys.exit({e.code!r}); a reward function must "
+                        "return a list of floats") from e
     except Exception as e:  # noqa: BLE001 - any failure inside user code is reported
         raise EmrlError(f"reward function {name} raised {type(e).__name__}: {e}") from e
     if isinstance(out, torch.Tensor):

@@ -342,17 +342,38 @@ def _read_user_rows(path: Path) -> tuple[list[dict], list[dict] | None]:
             return ds["train"].to_list(), (held.to_list() if held is not None else None)
         return ds.to_list(), None
     if suffix in (".jsonl", ".json"):
-        text = path.read_text(encoding="utf-8")
-        stripped = text.lstrip()
+        data = path.read_bytes()
         try:
-            if suffix == ".json" and stripped.startswith("["):
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = data[: e.start].count(b"\n") + 1
+            raise EmrlError(
+                f"{str(path)!r} is not UTF-8 text: byte {data[e.start]:#04x} at line {line} "
+                f"(byte offset {e.start}); save the file as UTF-8") from e
+        stripped = text.lstrip()
+        if suffix == ".json" and stripped.startswith("["):
+            try:
                 rows = json.loads(text)
-            else:
-                rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as e:
-            raise EmrlError(f"{str(path)!r} is not valid JSON lines: {e}") from e
+            except json.JSONDecodeError as e:
+                raise EmrlError(f"{str(path)!r} is not valid JSON: {e}") from e
+            where = "element"
+        else:
+            rows = []
+            for lineno, line in enumerate(text.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise EmrlError(
+                        f"{str(path)!r} line {lineno} is not valid JSON ({e.msg} at column {e.colno}); "
+                        "expected one JSON object per line") from e
+                if not isinstance(rows[-1], dict):
+                    raise EmrlError(f"{str(path)!r} line {lineno}: expected a JSON object with a "
+                                    f"'prompt' key, got {type(rows[-1]).__name__}")
+            where = "line"
         if not all(isinstance(r, dict) for r in rows):
-            raise EmrlError(f"{str(path)!r}: every JSON line must be an object with a 'prompt' key")
+            raise EmrlError(f"{str(path)!r}: every JSON {where} must be an object with a 'prompt' key")
         return rows, None
     if suffix == ".csv":
         import pandas as pd
@@ -568,9 +589,39 @@ def load_task_info(model_dir: str | os.PathLike) -> dict | None:
     return info
 
 
-def load_task_from_info(info: dict, **overrides: Any) -> Task:
-    """:func:`load_task` from a dict written by :func:`save_task_info` (``overrides`` win)."""
+def _code_specs(specs: Any) -> list[str]:
+    """The reward specs that would import a module (not a built-in name or a reward-model dir)."""
+    if specs is None:
+        return []
+    if not isinstance(specs, list) or not all(isinstance(s, str) for s in specs):
+        raise EmrlError(f"task info: reward_funcs must be a list of strings, got {specs!r}")
+    return [s for s in specs if s not in BUILTIN_REWARDS and s != "verifier"
+            and not os.path.isdir(os.path.expanduser(s))]
+
+
+def load_task_from_info(info: dict, *, trust_code: bool = False, where: str = "the model directory",
+                        **overrides: Any) -> Task:
+    """:func:`load_task` from a dict written by :func:`save_task_info` (``overrides`` win).
+
+    Reward functions named by the saved info (``module:function``) are code chosen by
+    whoever wrote the model directory: they are not imported unless ``trust_code`` or the
+    caller passes its own ``reward_funcs`` (built-in names and reward-model directories
+    need no code and are always allowed).
+
+    Raises:
+        EmrlError: the info names importable reward functions and neither applies.
+    """
     kwargs = {k: info[k] for k in ("seed", "num_train", "num_eval", "template", "reward_funcs",
                                    "reward_weights") if k in info}
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    if not overrides.get("reward_funcs") and not trust_code:
+        code = _code_specs(info.get("reward_funcs"))
+        if code:
+            modules = sorted({s.split(":")[0] for s in code})
+            raise EmrlError(
+                f"the task saved in {where} ({TASK_INFO_FILE}) names reward function(s) "
+                f"{', '.join(map(repr, code))}, which would import module(s) {', '.join(map(repr, modules))}; "
+                "emrl does not run code named by a model directory unless asked. Pass the reward "
+                "functions yourself (--reward-fns for lm train, --reward-funcs for lm eval) or "
+                "--trust-task-code to import the saved ones")
     return load_task(info.get("spec"), **kwargs)

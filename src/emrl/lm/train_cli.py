@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from emrl.config import add_config_args, build_config
+from emrl.checkpoint import TRUST_HELP
+from emrl.config import add_config_args, build_config, load_yaml
 from emrl.errors import EmrlError
 from emrl.lm.train_config import RLConfig, SFTConfig
 
@@ -27,15 +28,23 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true",
                    help="continue the run in DIR from its latest checkpoint")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run in DIR")
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+    p.add_argument("--trust-task-code", action="store_true",
+                   help="import the reward functions (module:function) named by the task saved with "
+                        "--model (emrl_task.json): that runs code chosen by whoever wrote the model "
+                        "directory; without it such a task is refused unless you pass --reward-fns")
 
 
 def _resolve(cls: type, args: argparse.Namespace):
-    if args.resume and getattr(args, "config", None) is None:
+    """The run's config; on ``--resume`` the saved ``DIR/config.yaml`` is the base that
+    ``--config`` and typed options override (never the defaults)."""
+    base = None
+    if args.resume:
         saved = Path(args.output_dir) / "config.yaml"
         if not saved.is_file():
             raise EmrlError(f"--resume: {args.output_dir} has no config.yaml (is it an emrl run directory?)")
-        args.config = str(saved)
-    return build_config(cls, args)
+        base = load_yaml(saved)
+    return build_config(cls, args, base=base)
 
 
 def _run(cls: type, args: argparse.Namespace) -> int:
@@ -45,7 +54,8 @@ def _run(cls: type, args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # weight loading/saving bars are noise in a training log
-    trainer = LMTrainer(cfg, args.output_dir, resume=args.resume, overwrite=args.overwrite)
+    trainer = LMTrainer(cfg, args.output_dir, resume=args.resume, overwrite=args.overwrite,
+                        trust_checkpoint=args.trust_checkpoint, trust_task_code=args.trust_task_code)
     last = trainer.train()
     if trainer.accelerator.is_main_process:
         out = Path(args.output_dir)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from emrl.config import cfg_field
+from emrl.config import cfg_field, check_choices
 from emrl.errors import ConfigError
 
 ALGOS = ("vmpo", "awr", "dar", "ppo")
@@ -117,7 +117,21 @@ class CommonTrainConfig:
     tensorboard: bool = cfg_field(False, "also log scalars to DIR/tensorboard", group="logging")
 
     def validate(self) -> None:
+        check_choices(self)
         _check(self.max_steps >= 0, f"max_steps must be >= 0, got {self.max_steps}")
+        for name in ("log_every", "eval_batch_size"):
+            _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("save_every", "eval_every", "eval_num_prompts", "warmup_steps", "num_eval"):
+            _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        _check(self.num_train is None or self.num_train >= 0, f"num_train must be >= 0, got {self.num_train}")
+        _check(self.num_threads is None or self.num_threads >= 1,
+               f"num_threads must be >= 1 (or None), got {self.num_threads}")
+        _check(self.kl_chunk_size is None or self.kl_chunk_size >= 1,
+               f"kl_chunk_size must be >= 1 (or None), got {self.kl_chunk_size}")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _check(0.0 <= self.adam_beta2 < 1.0, f"adam_beta2 must be in [0, 1), got {self.adam_beta2}")
+        _check(self.alpha_lr > 0, f"alpha_lr must be > 0, got {self.alpha_lr}")
+        _check(self.eval_temperature > 0, f"eval_temperature must be > 0, got {self.eval_temperature}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.minibatch_size is None or self.minibatch_size >= 1,
                f"minibatch_size must be >= 1 or None, got {self.minibatch_size}")

@@ -50,14 +50,18 @@ from emrl.lm.algorithms import Algorithm, Batch, make_algorithm
 from emrl.lm.train_config import CommonTrainConfig, RLConfig, SFTConfig
 from emrl.metrics import MetricsWriter
 from emrl.progress import progress
-from emrl.rundir import RunDir
+from emrl.rundir import RunDir, check_resume_config
 from emrl.seeding import get_rng_state, seed_everything, set_rng_state
 from emrl.threads import configure_threads
 
 #: config fields that may change between a run and its ``--resume`` (they do not change
-#: what is computed, only how long / how often things are logged or saved).
-RESUMABLE_CHANGES = ("max_steps", "save_every", "keep_checkpoints", "log_every", "num_threads",
-                     "tensorboard", "eval_every", "max_minutes", "eval_at_start")
+#: what is trained, only how often things are logged or saved, and how evaluations, which
+#: use their own random stream, are run). ``max_steps``
+#: may also change, but only with ``lr_scheduler=constant``: the linear and cosine
+#: schedules decay over ``max_steps``, so a new value would reshape the schedule.
+RESUMABLE_CHANGES = ("save_every", "keep_checkpoints", "log_every", "num_threads",
+                     "tensorboard", "eval_every", "eval_num_prompts", "eval_samples",
+                     "eval_temperature", "eval_batch_size", "max_minutes", "eval_at_start")
 
 
 @dataclass
@@ -164,6 +168,10 @@ class LMTrainer:
             ``--reward-funcs``).
         accelerator: an ``accelerate.Accelerator`` (one is created if ``None``).
         model / tokenizer / task: already-built objects to use instead of loading them.
+        trust_checkpoint: on resume, also load a checkpoint of the old pickle format
+            (``state.pt``), which can run code (:mod:`emrl.checkpoint`).
+        trust_task_code: import the reward functions named by the task saved with
+            ``cfg.model`` (``emrl_task.json``); off: refused unless given in ``cfg``.
     """
 
     def __init__(
@@ -179,6 +187,8 @@ class LMTrainer:
         model: Any = None,
         tokenizer: Any = None,
         task: Any = None,
+        trust_checkpoint: bool = False,
+        trust_task_code: bool = False,
     ) -> None:
         from accelerate import Accelerator
 
@@ -195,13 +205,17 @@ class LMTrainer:
                               f"processes ({self.world})")
         self.rundir: RunDir | None = None
         if output_dir is not None:
+            # checks only: the old run (--overwrite) is removed once everything below is
+            # built and validated, so a bad flag never costs a run
             if acc.is_main_process:
-                self.rundir = RunDir(output_dir, resume=resume, overwrite=overwrite)
+                self.rundir = RunDir(output_dir, resume=resume, overwrite=overwrite, defer=True)
             acc.wait_for_everyone()
             if not acc.is_main_process:
                 self.rundir = RunDir.__new__(RunDir)
                 self.rundir.path, self.rundir.resume = Path(output_dir), resume
         self.resume = resume
+        self.trust_checkpoint = trust_checkpoint
+        self.trust_task_code = trust_task_code
         seed_everything(cfg.seed + self.rank)
 
         # model, tokenizer, task -------------------------------------------------
@@ -253,15 +267,22 @@ class LMTrainer:
         self.perm = torch.randperm(len(self.task.train), generator=self.data_gen)
         self.cursor = 0
         self.last_eval: dict[str, Any] | None = None
+        self.last_record: dict[str, Any] = {}  # the final step's metrics, kept in the final checkpoint
+        self.resumed_record: dict[str, Any] = {}
         if resume:
             self._load_latest()
         self.metrics: MetricsWriter | None = None
         if self.rundir is not None and acc.is_main_process:
-            if not resume:
-                self.rundir.write_config(cfg)
+            self.rundir.prepare()
+            self.rundir.write_config(cfg)
+            # resuming from the final checkpoint: its final record (logged after that
+            # checkpoint) is dropped and logged again, never twice
+            keep_to = self.step if self.step < cfg.max_steps else self.step - 1
             self.metrics = MetricsWriter(
                 self.rundir.metrics_path, tensorboard=cfg.tensorboard, start_time=self.elapsed,
-                truncate_after_step=self.step if resume else None)
+                truncate_after_step=keep_to if resume else None)
+        if self.rundir is not None:
+            acc.wait_for_everyone()
 
     def _progress(self, step: int) -> float:
         """Fraction of the run done after warm-up: by updates, or by training time when
@@ -296,7 +317,8 @@ class LMTrainer:
                 over: dict[str, Any] = {"num_train": cfg.num_train, "template": cfg.template}
                 if funcs:
                     over.update(reward_funcs=funcs, reward_weights=weights)
-                return load_task_from_info(info, **over)
+                return load_task_from_info(info, trust_code=self.trust_task_code,
+                                           where=f"model {cfg.model}", **over)
         return load_task(cfg.task, seed=cfg.seed, num_train=cfg.num_train, num_eval=cfg.num_eval,
                          template=cfg.template, reward_funcs=funcs or None, reward_weights=weights)
 
@@ -801,14 +823,20 @@ class LMTrainer:
                 if self.step <= 1:
                     note += "; the budget is shorter than one update"
                 tqdm.write(note, file=sys.stderr)
+            if not last and self.resumed_record.get("step") == self.step:
+                last = dict(self.resumed_record)  # resumed from the final checkpoint
             if cfg.max_steps > 0 or not last:
                 last = {**last, "step": self.step, "samples": self.samples}
-            last.update(self._eval_metrics())
             self.elapsed = time.time() - t_start
+            if self.rundir is not None:
+                # the final checkpoint comes before the final evaluation: if evaluating
+                # fails, --resume finishes the run from here without redoing any update
+                self.last_record = {k: v for k, v in last.items() if not k.startswith("eval/")}
+                self.save_checkpoint()
+            last.update(self._eval_metrics())
             if self.metrics is not None:
                 self.metrics.log(last)
             if self.rundir is not None:
-                self.save_checkpoint()
                 self.save_final()
         finally:
             bar.close()
@@ -863,6 +891,7 @@ class LMTrainer:
                          "train_time": self.train_time, "lr_scale": self.lr_scale,
                          "nonfinite_in_a_row": self.nonfinite_in_a_row},
             "config": to_dict(self.cfg),
+            "last_record": dict(self.last_record),
         }
 
     def save_checkpoint(self) -> Path | None:
@@ -872,11 +901,21 @@ class LMTrainer:
         if not _finite_params(self.policy):
             raise EmrlError(f"refusing to save non-finite weights at step {self.step}")
         path = self.rundir.path / f"checkpoint-{self.step}"
+        rng_ranks = self._rng_states()  # every process takes part (a collective)
         if self.accelerator.is_main_process:
-            save_checkpoint(path, self.state_dict(), meta=self._meta())
+            save_checkpoint(path, {**self.state_dict(), "rng_ranks": rng_ranks}, meta=self._meta())
             prune_checkpoints(self.rundir.path, self.cfg.keep_checkpoints)
         self.accelerator.wait_for_everyone()
         return path
+
+    def _rng_states(self) -> list[dict[str, Any]]:
+        """Every process's global RNG states, in rank order (each rank samples its own
+        share of the rollouts and dropout masks, so an exact resume needs all of them)."""
+        if self.world == 1:
+            return [get_rng_state()]
+        from accelerate.utils import gather_object
+
+        return list(gather_object([get_rng_state()]))
 
     def save_final(self) -> Path | None:
         """``final/``: ``save_pretrained`` model + tokenizer + task info, atomically."""
@@ -903,8 +942,9 @@ class LMTrainer:
 
         ck = latest_checkpoint(self.rundir.path)
         if ck is None:
-            raise CheckpointError(f"--resume: no complete checkpoint in {self.rundir.path}")
-        state, meta = load_checkpoint(ck)
+            raise CheckpointError(f"--resume: no complete checkpoint in {self.rundir.path} (the run stopped "
+                                  "before its first checkpoint): start it again with --overwrite")
+        state, meta = load_checkpoint(ck, trust_pickle=self.trust_checkpoint)
         mine = self._meta()
         for key in ("kind", "algo", "model", "task", "seed"):
             if meta.get(key) != mine.get(key):
@@ -912,12 +952,15 @@ class LMTrainer:
                     f"checkpoint {ck} does not match this run: its {key} is {meta.get(key)!r}, this run's "
                     f"is {mine.get(key)!r}")
         saved_cfg = apply_aliases(type(self.cfg), state.get("config", {}))  # e.g. reward_fns
-        now = to_dict(self.cfg)
-        for k, v in saved_cfg.items():
-            if k not in RESUMABLE_CHANGES and now.get(k) != v:
-                raise CheckpointError(
-                    f"checkpoint {ck} was written with {k}={v!r} but this run has {k}={now.get(k)!r}; "
-                    "resume with the same settings (only " + ", ".join(RESUMABLE_CHANGES) + " may change)")
+        if not isinstance(saved_cfg, dict):
+            raise CheckpointError(f"checkpoint {ck} is malformed: its config is not a mapping")
+        # a time budget is a horizon too: the schedule (and the annealed KL budget) runs over it
+        free = [k for k in RESUMABLE_CHANGES if k != "max_minutes" or self.cfg.lr_scheduler == "constant"]
+        check_resume_config(
+            saved_cfg, to_dict(self.cfg), free=free, where=f"the run in {self.rundir.path}",
+            horizon="max_steps", horizon_ok=self.cfg.lr_scheduler == "constant",
+            horizon_why=f"the learning-rate schedule (lr_scheduler={self.cfg.lr_scheduler} decays over "
+                        "max_steps)")
         try:
             acc_unwrap(self.accelerator, self.policy).load_state_dict(state["policy"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -938,7 +981,24 @@ class LMTrainer:
         self.lr_scale = float(c.get("lr_scale", 1.0))
         if self.step > self.cfg.max_steps:
             raise CheckpointError(f"checkpoint {ck} is at step {self.step}, beyond max_steps={self.cfg.max_steps}")
-        set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks")
+        saved_world = int(meta.get("world_size", 1) or 1)
+        try:
+            if isinstance(ranks, list) and len(ranks) == self.world:
+                set_rng_state(ranks[self.rank])
+            elif self.world == 1 and saved_world == 1:
+                set_rng_state(state["rng"])
+            else:  # another number of processes: each rank keeps its fresh seed
+                if self.accelerator.is_main_process:
+                    import sys
+
+                    print(f"note: checkpoint {ck} was written by {saved_world} process(es), this run has "
+                          f"{self.world}: random streams restart from the seed, so the resumed run is not "
+                          "bit-identical to an uninterrupted one", file=sys.stderr)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"checkpoint {ck}: its RNG state is malformed ({e})") from e
+        rec = state.get("last_record")
+        self.resumed_record = dict(rec) if isinstance(rec, dict) else {}
 
 
 def acc_unwrap(acc: Any, module: nn.Module) -> nn.Module:
