@@ -41,7 +41,7 @@ def lm(tmp_path_factory):
     rl = base / "rl"
     assert main(["lm", "train", "--algo", "vmpo", "--model", str(sft / "final"), "--config", str(small),
                  "--num-samples", "2", "--max-steps", "2", "--save-every", "1", "--keep-checkpoints", "0",
-                 "--output-dir", str(rl)]) == 0
+                 "--lr-scheduler", "constant", "--output-dir", str(rl)]) == 0
     return {"base": base, "task": task, "small": small, "sft": sft, "rl": rl}
 
 
@@ -211,7 +211,7 @@ def test_bad_reward_module(lm, tmp_path, capsys, monkeypatch, source, fragments)
     monkeypatch.syspath_prepend(str(tmp_path))
     name = write_module(tmp_path, source)
     fn = "rewrd" if "Did you mean: reward" in fragments else "reward"
-    rc, _, err = run_cli(_train(lm, tmp_path / "run", "--reward-fns", f"{name}:{fn}"), capsys)
+    rc, _, err = run_cli(_train(lm, tmp_path / "run", "--reward-funcs", f"{name}:{fn}"), capsys)
     assert_clear_error(rc, err, f"reward function '{name}:{fn}'", *fragments)
     assert fingerprint(tmp_path / "run") is None
 
@@ -221,24 +221,24 @@ def test_reward_module_in_the_current_directory_gets_an_import_path_hint(lm, tmp
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))
                                       and Path(p or ".").resolve() != tmp_path.resolve()])
-    rc, _, err = run_cli(_train(lm, tmp_path / "run", "--reward-fns", f"{name}:r"), capsys)
+    rc, _, err = run_cli(_train(lm, tmp_path / "run", "--reward-funcs", f"{name}:r"), capsys)
     assert_clear_error(rc, err, f"cannot import module '{name}' (not found)", "current directory",
                        "PYTHONPATH=.")
     assert fingerprint(tmp_path / "run") is None
 
 
 def test_malformed_reward_spec_and_missing_module(lm, tmp_path, capsys):
-    rc, _, err = run_cli(_train(lm, tmp_path / "run", "--reward-fns", "justaname"), capsys)
+    rc, _, err = run_cli(_train(lm, tmp_path / "run", "--reward-funcs", "justaname"), capsys)
     assert_clear_error(rc, err, "must look like 'package.module:function'")
-    rc, _, err = run_cli(_train(lm, tmp_path / "run", "--reward-fns", "no_such_module_xyz:f"), capsys)
+    rc, _, err = run_cli(_train(lm, tmp_path / "run", "--reward-funcs", "no_such_module_xyz:f"), capsys)
     assert_clear_error(rc, err, "cannot import module 'no_such_module_xyz' (not found)")
     assert fingerprint(tmp_path / "run") is None
 
 
 def test_reward_weights_of_another_length(lm, tmp_path, capsys):
-    rc, _, err = run_cli(_train(lm, tmp_path / "run", "--reward-fns", "exact_match",
+    rc, _, err = run_cli(_train(lm, tmp_path / "run", "--reward-funcs", "exact_match",
                                 "--reward-weights", "1,2"), capsys)
-    assert_clear_error(rc, err, "reward_weights has 2 entries but reward_fns has 1")
+    assert_clear_error(rc, err, "reward_weights has 2 entries but reward_funcs has 1")
     assert fingerprint(tmp_path / "run") is None
 
 
@@ -253,7 +253,7 @@ def test_reward_calling_sys_exit_during_training_is_an_error_not_a_silent_exit(l
     monkeypatch.syspath_prepend(str(tmp_path))
     name = write_module(tmp_path, "import sys\ndef r(prompts, completions, **kw):\n    sys.exit(3)\n")
     out = tmp_path / "run"
-    rc, _, err = run_cli(_train(lm, out, "--reward-fns", f"{name}:r"), capsys)
+    rc, _, err = run_cli(_train(lm, out, "--reward-funcs", f"{name}:r"), capsys)
     assert_clear_error(rc, err, f"reward function {name}:r called sys.exit(3)")
     assert not (out / "final").exists() and not list(out.glob("checkpoint-*"))  # nothing claims completion
 
@@ -305,7 +305,7 @@ def test_overwrite_with_a_bad_flag_keeps_the_old_run(lm, tmp_path, capsys, extra
 def test_overwrite_with_a_bad_reward_module_keeps_the_old_rl_run(lm, tmp_path, capsys):
     run = copy_run(lm["rl"], tmp_path / "run")
     before = fingerprint(run)
-    rc, _, err = run_cli(_train(lm, run, "--overwrite", "--reward-fns", "no_such_module_xyz:f"), capsys)
+    rc, _, err = run_cli(_train(lm, run, "--overwrite", "--reward-funcs", "no_such_module_xyz:f"), capsys)
     assert_clear_error(rc, err, "cannot import module 'no_such_module_xyz'")
     assert fingerprint(run) == before
 
@@ -370,7 +370,7 @@ def test_resume_of_a_corrupted_checkpoint_is_refused(lm, tmp_path, capsys):
 def test_resume_with_a_partial_config_keeps_the_saved_fields(lm, tmp_path, capsys):
     """--resume --config part.yaml overrides only what part.yaml names (the rest comes from
     the run's config.yaml, not from the defaults); max_steps may grow under a constant
-    schedule (V-MPO's default)."""
+    schedule."""
     run = copy_run(lm["rl"], tmp_path / "run")
     part = tmp_path / "part.yaml"
     part.write_text("eval_num_prompts: 2\n")
@@ -381,7 +381,7 @@ def test_resume_with_a_partial_config_keeps_the_saved_fields(lm, tmp_path, capsy
     assert saved["num_samples"] == 2 and saved["batch_size"] == 8 and saved["eval_num_prompts"] == 2
     assert saved["max_steps"] == 3
     finals = [r for r in read_metrics(run / "metrics.jsonl") if "eval/accuracy" in r]
-    assert [r["step"] for r in finals] == [2, 3]
+    assert [r["step"] for r in finals] == [0, 2, 3]  # step 0: the start model
 
 
 # ------------------------------------------------------------------ code named by a model directory
@@ -428,7 +428,7 @@ def test_lm_train_does_not_import_reward_code_named_by_a_model_dir(lm, tmp_path,
     out = tmp_path / "run"
     rc, _, err = run_cli(["lm", "train", "--model", model, "--config", lm["small"], "--num-samples", "2",
                           "--max-steps", "1", "--output-dir", out], capsys)
-    assert_clear_error(rc, err, f"would import module(s) '{name}'", "--reward-fns", "--trust-task-code")
+    assert_clear_error(rc, err, f"would import module(s) '{name}'", "--reward-funcs", "--trust-task-code")
     assert not marker.exists() and fingerprint(out) is None
 
 

@@ -232,7 +232,7 @@ def test_cli_sft_then_train_with_resume(tmp_path, capsys):
     assert "accuracy:" in capsys.readouterr().out
     rl = tmp_path / "rl"
     base = ["train", "--algo", "ppo", "--model", str(sft / "final"), "--output-dir", str(rl),
-            "--config", str(small), "--num-samples", "2"]
+            "--config", str(small), "--num-samples", "2", "--lr-scheduler", "constant"]
     args = parser.parse_args(base + ["--max-steps", "1"])
     assert args.func(args) == 0
     saved = yaml.safe_load((rl / "config.yaml").read_text())

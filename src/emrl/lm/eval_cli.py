@@ -135,11 +135,17 @@ def _saved_rewards(info: dict, cfg: EvalConfig) -> tuple[list | None, list | Non
     specs = info.get("reward_funcs")
     if cfg.reward_funcs is not None or not specs:
         return cfg.reward_funcs, cfg.reward_weights, None
+    sources = {s.get("spec"): s for s in info.get("reward_sources") or []}
+    for spec in specs:  # defined in a script: recorded as not importable, so nothing is imported
+        src = sources.get(spec, {})
+        if spec.startswith("__main__:") or src.get("importable") is False:
+            where = f" (defined in {src['defined_in']})" if src.get("defined_in") else ""
+            return None, None, (f"the model was trained with reward function {spec!r}{where}; it was "
+                                "defined in the training script, so it cannot be imported by name")
     if not cfg.trust_task_code and _code_specs(specs):
         # importing them would run code named by the model directory: load_task_from_info
         # refuses, saying which module and how to allow it
         return cfg.reward_funcs, cfg.reward_weights, None
-    sources = {s.get("spec"): s for s in info.get("reward_sources") or []}
     for spec in specs:
         if spec == "verifier":
             continue

@@ -622,6 +622,6 @@ def load_task_from_info(info: dict, *, trust_code: bool = False, where: str = "t
                 f"the task saved in {where} ({TASK_INFO_FILE}) names reward function(s) "
                 f"{', '.join(map(repr, code))}, which would import module(s) {', '.join(map(repr, modules))}; "
                 "emrl does not run code named by a model directory unless asked. Pass the reward "
-                "functions yourself (--reward-fns for lm train, --reward-funcs for lm eval) or "
+                "functions yourself (--reward-funcs) or "
                 "--trust-task-code to import the saved ones")
     return load_task(info.get("spec"), **kwargs)

@@ -32,7 +32,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-task-code", action="store_true",
                    help="import the reward functions (module:function) named by the task saved with "
                         "--model (emrl_task.json): that runs code chosen by whoever wrote the model "
-                        "directory; without it such a task is refused unless you pass --reward-fns")
+                        "directory; without it such a task is refused unless you pass --reward-funcs")
 
 
 def _resolve(cls: type, args: argparse.Namespace):

@@ -762,7 +762,9 @@ class LMTrainer:
         cfg, acc, algo = self.cfg, self.accelerator, self.algo
         t_start = time.time() - self.elapsed
         bar_kw = {} if acc.is_main_process else {"disable": True}
-        bar = progress(total=cfg.max_steps, desc=f"emrl {self.algo_name}", unit="update",
+        # under a time budget the number of updates is not known in advance
+        bar = progress(total=cfg.max_steps if cfg.max_minutes is None else None,
+                       desc=f"emrl {self.algo_name}", unit="update",
                        initial=self.step, **bar_kw)
         last: dict[str, Any] = {}
         budget_s = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
@@ -813,6 +815,8 @@ class LMTrainer:
                     if k in rec}
                 if "heldout_greedy_acc" not in post and (self.last_eval or {}).get("accuracy") is not None:
                     post["heldout_greedy_acc"] = f"{self.last_eval['accuracy']:.3g}"
+                if budget_s is not None:
+                    post["train_min"] = f"{self.train_time / 60:.1f}/{cfg.max_minutes:g}"
                 bar.set_postfix(post, refresh=False)
                 bar.update(1)
                 if self.step < cfg.max_steps and cfg.save_every and self.step % cfg.save_every == 0:
