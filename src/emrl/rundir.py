@@ -24,6 +24,13 @@ from emrl.config import save_config
 from emrl.errors import EmrlError
 
 
+def holds_run(path: str | Path) -> bool:
+    """Whether ``path`` is a directory that already holds (part of) a run."""
+    p = Path(path)
+    return p.is_dir() and (any((p / n).exists() for n in ("config.yaml", "metrics.jsonl", "final"))
+                           or any(p.glob("checkpoint-*")))
+
+
 class RunDir:
     """A run directory; see the module docstring for its layout."""
 
@@ -32,9 +39,7 @@ class RunDir:
         self.resume = resume
         if self.path.exists() and not self.path.is_dir():
             raise EmrlError(f"output directory {self.path} exists and is not a directory")
-        has_run = self.path.is_dir() and any(
-            (self.path / n).exists() for n in ("config.yaml", "metrics.jsonl", "final")
-        ) or (self.path.is_dir() and any(self.path.glob("checkpoint-*")))
+        has_run = holds_run(self.path)
         if resume:
             if not has_run:
                 raise EmrlError(f"--resume: no run to resume in {self.path}")
