@@ -178,6 +178,7 @@ def train(
         run.write_config(cfg)
         writer = MetricsWriter(
             run.metrics_path, tensorboard=cfg.tensorboard, start_time=wall0,
+            report_to=cfg.report_to, config=cfg,
             truncate_after_step=update0 if resume else None,
         )
         actor = Actor(envs, agent, cfg.env, seed=cfg.seed + 7919 * update0, obs_rms=obs_rms, device=device,

@@ -56,7 +56,7 @@ from emrl.threads import configure_threads
 #: config fields that may change between a run and its ``--resume`` (they do not change
 #: what is computed, only how long / how often things are logged or saved).
 RESUMABLE_CHANGES = ("max_steps", "save_every", "keep_checkpoints", "log_every", "num_threads",
-                     "tensorboard", "eval_every", "max_minutes", "eval_at_start")
+                     "tensorboard", "report_to", "eval_every", "max_minutes", "eval_at_start")
 
 
 @dataclass
@@ -260,6 +260,7 @@ class LMTrainer:
                 self.rundir.write_config(cfg)
             self.metrics = MetricsWriter(
                 self.rundir.metrics_path, tensorboard=cfg.tensorboard, start_time=self.elapsed,
+                report_to=cfg.report_to, config=cfg,
                 truncate_after_step=self.step if resume else None)
 
     def _progress(self, step: int) -> float:
