@@ -72,3 +72,20 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     model = PPO(gym.make("CartPole-v1"), output_dir=tmp_path / "run", **QUIET).learn(256)
     with pytest.raises(EmrlError, match="does not fit"):
         model.predict(np.zeros(5))
+
+
+def test_dict_fields_parse_from_the_command_line():
+    """`--core-kwargs '{"d_model": 16}'` (the memory tutorial's command) is a mapping."""
+    import argparse
+
+    from emrl.config import add_config_args, build_config
+    from emrl.control.config import ControlConfig
+
+    parser = argparse.ArgumentParser()
+    add_config_args(parser, ControlConfig)
+    cfg = build_config(ControlConfig, parser.parse_args(["--core-kwargs", '{"d_model": 16, "n_layers": 1}']))
+    assert cfg.core_kwargs == {"d_model": 16, "n_layers": 1}
+    with pytest.raises(ConfigError, match="expects dict"):
+        build_config(ControlConfig, parser.parse_args(["--core-kwargs", "{bad"]))
+    with pytest.raises(ConfigError, match="expects dict"):
+        build_config(ControlConfig, parser.parse_args(["--core-kwargs", "[1, 2]"]))
