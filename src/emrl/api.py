@@ -253,16 +253,22 @@ class _Trainer:
                 f"{type(self).__name__} needs args={cls.__name__}(...), got {type(args).__name__}"
                 + (" (TRL's configs map to emrl's field by field: see 'Coming from TRL' in the docs)"
                    if "trl" in type(args).__module__ else ""))
+        if callable(reward_funcs) or isinstance(reward_funcs, str):
+            reward_funcs = [reward_funcs]
+        self.reward_funcs = list(reward_funcs or [])
+        if self.reward_funcs and hasattr(args, "reward_fns"):
+            from emrl.lm.rewards import reward_name
+
+            names = [f if isinstance(f, str) else reward_name(f) for f in self.reward_funcs]
+            if args.reward_fns and list(args.reward_fns) != names:
+                raise ConfigError("reward functions given twice: as reward_funcs=... and in "
+                                  f"args.reward_fns={args.reward_fns}; give them once")
+            # recorded in config.yaml (and checked against reward_weights)
+            args = dataclasses.replace(args, reward_fns=names)
         args.validate()
         if not args.output_dir:
             raise ConfigError(f"{cls.__name__}.output_dir must name a directory")
         self.args = args
-        if callable(reward_funcs) or isinstance(reward_funcs, str):
-            reward_funcs = [reward_funcs]
-        self.reward_funcs = list(reward_funcs or [])
-        if self.reward_funcs and args.reward_weights and len(args.reward_weights) != len(self.reward_funcs):
-            raise ConfigError(f"reward_weights has {len(args.reward_weights)} entries but "
-                              f"{len(self.reward_funcs)} reward functions were given")
         self.model, self.processing_class = self._load_model(model, processing_class)
         if eval_dataset is not None and train_dataset is None:
             raise EmrlError("eval_dataset was given without train_dataset; give both (or set "
@@ -427,8 +433,10 @@ class VMPOTrainer(_Trainer):
             or specs (``"module:function"``, ``"exact_match"``, a reward-model directory);
             summed with ``args.reward_weights``. None: the task's own verifier.
         args: :class:`VMPOConfig` (every field of ``emrl lm train``, plus ``output_dir``).
-        train_dataset / eval_dataset: ``datasets.Dataset`` or lists of dicts with a
-            ``prompt`` (or ``messages``) column; None: ``args.task`` (default: arithmetic).
+        train_dataset: a ``datasets.Dataset`` or a list of dicts with a ``prompt`` (or
+            ``messages``) column; None: ``args.task`` (default: arithmetic).
+        eval_dataset: held-out rows of the same form (None: ``num_eval`` prompts of
+            ``train_dataset`` are held out).
         processing_class: the tokenizer (None: the model's own).
     """
 
