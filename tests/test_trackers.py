@@ -86,6 +86,22 @@ def test_control_train_reports_to_wandb_offline(tmp_path, monkeypatch):
     assert len(records) == 1 and records[0].stat().st_size > 0
 
 
+def test_mlflow_writes_a_file_store_in_the_run_directory(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from emrl.lm.train_config import RLConfig
+
+    with MetricsWriter(tmp_path / "run" / "metrics.jsonl", report_to=["mlflow"], config=RLConfig()) as w:
+        for step in (1, 2, 3):
+            w.log(step=step, **{"reward/mean": step / 10})
+    series = list((tmp_path / "run" / "mlruns").glob("*/*/metrics/reward/mean"))
+    assert len(series) == 1
+    lines = [line.split() for line in series[0].read_text().splitlines()]
+    assert [(float(v), int(s)) for _, v, s in lines] == [(0.1, 1), (0.2, 2), (0.3, 3)]
+    params = list((tmp_path / "run" / "mlruns").glob("*/*/params/algo"))
+    assert params and params[0].read_text().strip() == "vmpo"
+
+
 def test_a_tracker_that_is_not_installed_is_a_clear_error(tmp_path, monkeypatch):
     import importlib.util
 

@@ -109,7 +109,11 @@ def _open_tracker(name: str, run_dir: Path, run_name: str):
         tracker = cls(project, name=run_name)
     else:  # mlflow: a local file store in the run directory unless a tracking URI is set
         if not os.environ.get("MLFLOW_TRACKING_URI"):
-            os.environ["MLFLOW_TRACKING_URI"] = (run_dir / "mlruns").resolve().as_uri()
+            import mlflow
+
+            # MLflow keeps its file store working but asks for an explicit opt-in
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            mlflow.set_tracking_uri((run_dir / "mlruns").resolve().as_uri())
         tracker = cls(experiment_name=project, run_name=run_name)
     try:
         tracker.start()
