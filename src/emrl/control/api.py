@@ -68,7 +68,15 @@ class _Algorithm:
             raise EmrlError(f"total_steps must be >= 1, got {total_steps}")
         resume = self.run_dir is not None
         if self.run_dir is None:
+            from emrl.rundir import holds_run
+
+            if self.output_dir is not None and holds_run(self.output_dir) and not self.overwrite:
+                raise EmrlError(f"output_dir {self.output_dir} already holds a run: pass overwrite=True to "
+                                f"replace it, or {type(self).__name__}.load({str(self.output_dir)!r}) to "
+                                "use (and keep training) the agent in it")
             self.run_dir = self.output_dir or Path(tempfile.mkdtemp(prefix=f"emrl-{self.algo}-"))
+        elif self.run_dir.joinpath("final").exists() and not any(self.run_dir.glob("checkpoint-*")):
+            raise EmrlError(f"{self.run_dir} holds a final agent but no checkpoint to continue training from")
         self.num_steps += int(total_steps)
         cfg = dataclasses.replace(self.config, total_steps=self.num_steps)
         self.last_metrics = train(cfg, self.run_dir, resume=resume, overwrite=self.overwrite and not resume)
@@ -151,8 +159,11 @@ class _Algorithm:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
-        """Write ``config.yaml``, ``metrics.jsonl`` and ``final/`` to ``path`` (a run
-        directory ``emrl control eval --run`` and :meth:`load` read)."""
+        """Write ``config.yaml``, ``metrics.jsonl``, ``final/`` and the latest checkpoint to
+        ``path``: a run directory that ``emrl control eval --run`` and :meth:`load` read, and
+        that :meth:`learn` can continue after :meth:`load`."""
+        from emrl.checkpoint import latest_checkpoint
+
         self._need_agent()
         assert self.run_dir is not None
         path = Path(path)
@@ -165,6 +176,11 @@ class _Algorithm:
         if (path / "final").exists():
             shutil.rmtree(path / "final")
         shutil.copytree(self.run_dir / "final", path / "final")
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is not None:
+            for old in path.glob("checkpoint-*"):
+                shutil.rmtree(old)
+            shutil.copytree(ckpt, path / ckpt.name)
         return path
 
     @classmethod

@@ -44,6 +44,10 @@ def test_vmpo_learns_cartpole_predicts_saves_and_loads(tmp_path):
     model.learn(1024)  # continues the same run
     assert model.num_steps == 5120
     assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")][-1] == 20
+    again.learn(256)  # a loaded agent keeps training from the saved checkpoint
+    assert again.num_steps == 4352
+    with pytest.raises(EmrlError, match="overwrite=True"):
+        VMPO("CartPole-v1", output_dir=tmp_path / "run").learn(256)
 
 
 def test_memory_agent_predict_carries_its_state(tmp_path):
