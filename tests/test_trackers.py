@@ -64,10 +64,10 @@ def test_lm_train_reports_to_wandb_offline_and_trackio(tmp_path):
     logged = read_metrics(run / "metrics.jsonl")
     db = sqlite3.connect(tmp_path / "trackio" / "emrl-test.db")
     rows = db.execute("select run_name, step, metrics from metrics order by step").fetchall()
-    assert [r[1] for r in rows] == [r["step"] for r in logged] == [1, 2]
+    assert [r[1] for r in rows] == [r["step"] for r in logged] == [0, 1, 2]  # step 0: the start model
     assert {r[0] for r in rows} == {"run"}
-    first = json.loads(rows[0][2])
-    assert first["reward/mean"] == pytest.approx(logged[0]["reward/mean"])
+    first = json.loads(rows[1][2])
+    assert first["reward/mean"] == pytest.approx(logged[1]["reward/mean"])
     config = json.loads(db.execute("select config from configs").fetchone()[0])
     assert config["algo"] == "vmpo" and config["max_steps"] == 2
 
