@@ -256,15 +256,15 @@ class _Trainer:
         if callable(reward_funcs) or isinstance(reward_funcs, str):
             reward_funcs = [reward_funcs]
         self.reward_funcs = list(reward_funcs or [])
-        if self.reward_funcs and hasattr(args, "reward_fns"):
-            from emrl.lm.rewards import reward_name
+        if self.reward_funcs and hasattr(args, "reward_funcs"):
+            from emrl.lm.rewards import reward_source
 
-            names = [f if isinstance(f, str) else reward_name(f) for f in self.reward_funcs]
-            if args.reward_fns and list(args.reward_fns) != names:
+            names = [reward_source(f)["spec"] for f in self.reward_funcs]
+            if args.reward_funcs and list(args.reward_funcs) != names:
                 raise ConfigError("reward functions given twice: as reward_funcs=... and in "
-                                  f"args.reward_fns={args.reward_fns}; give them once")
-            # recorded in config.yaml (and checked against reward_weights)
-            args = dataclasses.replace(args, reward_fns=names)
+                                  f"args.reward_funcs={args.reward_funcs}; give them once")
+            # recorded in config.yaml by name (and checked against reward_weights)
+            args = dataclasses.replace(args, reward_funcs=names)
         args.validate()
         if not args.output_dir:
             raise ConfigError(f"{cls.__name__}.output_dir must name a directory")

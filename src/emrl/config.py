@@ -89,12 +89,10 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
             items = [_coerce(name, v, item_tp) for v in value]
             return items if origin is list else tuple(items)
         if origin is dict or base is dict:
-            if isinstance(value, str):  # from the command line: a YAML/JSON mapping
-                value = yaml.safe_load(value) if value.strip() else {}
             if not isinstance(value, dict):
                 raise ValueError
             return dict(value)
-    except (ValueError, TypeError, argparse.ArgumentTypeError, yaml.YAMLError) as e:
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
         raise ConfigError(
             f"config field {name!r} expects {getattr(base, '__name__', base)}, got {value!r}"
         ) from e

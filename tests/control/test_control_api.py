@@ -89,7 +89,6 @@ def test_dict_fields_parse_from_the_command_line():
     add_config_args(parser, ControlConfig)
     cfg = build_config(ControlConfig, parser.parse_args(["--core-kwargs", '{"d_model": 16, "n_layers": 1}']))
     assert cfg.core_kwargs == {"d_model": 16, "n_layers": 1}
-    with pytest.raises(ConfigError, match="expects dict"):
-        build_config(ControlConfig, parser.parse_args(["--core-kwargs", "{bad"]))
-    with pytest.raises(ConfigError, match="expects dict"):
-        build_config(ControlConfig, parser.parse_args(["--core-kwargs", "[1, 2]"]))
+    for bad in ("{bad", "[1, 2]"):
+        with pytest.raises(SystemExit):  # argparse's usage error naming the expected mapping
+            parser.parse_args(["--core-kwargs", bad])

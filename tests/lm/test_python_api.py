@@ -58,7 +58,7 @@ def test_the_ten_line_script_trains_and_saves(tmp_path):
     # the run's config.yaml is the command line's: `emrl lm train --config` accepts it
     cfg = load_config(RLConfig, run / "config.yaml")
     assert cfg.algo == "vmpo" and cfg.max_steps == 2
-    assert len(cfg.reward_fns) == 1 and cfg.reward_fns[0].endswith("my_fn")  # recorded by name
+    assert len(cfg.reward_funcs) == 1 and cfg.reward_funcs[0].endswith("my_fn")  # recorded by name
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     AutoModelForCausalLM.from_pretrained(saved, local_files_only=True)
