@@ -54,6 +54,13 @@ def _check_writable(path: Path) -> None:
         raise EmrlError(f"output directory {path} is not writable ({probe}: {e.strerror or e})") from e
 
 
+def holds_run(path: str | Path) -> bool:
+    """Whether ``path`` is a directory that already holds (part of) a run."""
+    p = Path(path)
+    return p.is_dir() and (any((p / n).exists() for n in ("config.yaml", "metrics.jsonl", "final"))
+                           or any(p.glob("checkpoint-*")))
+
+
 class RunDir:
     """A run directory; see the module docstring for its layout."""
 
@@ -65,9 +72,7 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise EmrlError(f"output directory {self.path} exists and is not a directory")
         _check_writable(self.path)
-        has_run = self.path.is_dir() and any(
-            (self.path / n).exists() for n in ("config.yaml", "metrics.jsonl", "final")
-        ) or (self.path.is_dir() and any(self.path.glob("checkpoint-*")))
+        has_run = holds_run(self.path)
         if resume:
             if not has_run:
                 raise EmrlError(f"--resume: no run to resume in {self.path}")

@@ -81,7 +81,8 @@ class ControlConfig:
     checkpoint_every: int = cfg_field(50_000, "save a checkpoint every this many env steps (0: only at the end)", group="eval")
     keep_checkpoints: int = cfg_field(2, "checkpoints kept on disk", group="eval")
     log_every: int = cfg_field(1, "log metrics every this many updates", group="eval")
-    tensorboard: bool = cfg_field(False, "also write TensorBoard scalars to DIR/tensorboard", group="eval")
+    tensorboard: bool = cfg_field(False, "also write TensorBoard scalars to DIR/tensorboard (alias of --report-to tensorboard)", group="eval")
+    report_to: list[str] = cfg_field([], "experiment trackers that mirror metrics.jsonl, comma-separated: tensorboard, wandb, trackio, mlflow or none", group="eval")
     num_threads: int = cfg_field(1, "torch threads (1 is fastest for small agents on a shared CPU; see benchmarks/results/control_speed.md)", group="eval")
     device: str = cfg_field("cpu", "torch device", group="eval")
 
@@ -93,6 +94,9 @@ class ControlConfig:
                      "nstep", "eval_episodes", "num_threads", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        from emrl.metrics import resolve_report_to
+
+        resolve_report_to(self.report_to)
         if self.encoder not in ("nature", "resnet"):
             raise ConfigError(f"encoder must be one of ['nature', 'resnet'], got {self.encoder!r}")
         if not 0.0 < self.topk_fraction <= 1.0:

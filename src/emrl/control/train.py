@@ -249,6 +249,7 @@ def train(
             if update0 == num_updates else None
         writer = MetricsWriter(
             run.metrics_path, tensorboard=cfg.tensorboard, start_time=wall0,
+            report_to=cfg.report_to, config=cfg,
             truncate_after_step=update0 if resume else None, keep=final_rec,
         )
         bar = progress(total=num_updates * batch_steps, desc=f"{cfg.algo} {cfg.env}", unit="step",

@@ -114,7 +114,10 @@ class CommonTrainConfig:
     max_nonfinite_steps: int = cfg_field(
         5, "stop after this many M-step gradient steps in a row with a non-finite loss or gradient", group="optim")
     num_threads: int | None = cfg_field(None, "torch CPU threads (None: EMRL_NUM_THREADS or all allowed CPUs)", group="optim")
-    tensorboard: bool = cfg_field(False, "also log scalars to DIR/tensorboard", group="logging")
+    tensorboard: bool = cfg_field(False, "also log scalars to DIR/tensorboard (alias of --report-to tensorboard)", group="logging")
+    report_to: list[str] = cfg_field(
+        [], "experiment trackers that mirror metrics.jsonl, comma-separated: tensorboard, wandb, "
+        "trackio, mlflow or none", group="logging")
 
     def validate(self) -> None:
         check_choices(self)
@@ -150,6 +153,9 @@ class CommonTrainConfig:
                f"kl_backtrack must be >= 1 (a multiple of eps_alpha) or None, got {self.kl_backtrack}")
         _check(self.dual_schedule in ("update", "step"),
                f"dual_schedule must be 'update' or 'step', got {self.dual_schedule!r}")
+        from emrl.metrics import resolve_report_to
+
+        resolve_report_to(self.report_to)
 
 
 @dataclass

@@ -61,7 +61,7 @@ from emrl.threads import configure_threads
 #: schedules decay over ``max_steps``, so a new value would reshape the schedule.
 RESUMABLE_CHANGES = ("save_every", "keep_checkpoints", "log_every", "num_threads",
                      "tensorboard", "eval_every", "eval_num_prompts", "eval_samples",
-                     "eval_temperature", "eval_batch_size", "max_minutes", "eval_at_start")
+                     "eval_temperature", "eval_batch_size", "max_minutes", "eval_at_start", "report_to")
 
 
 @dataclass
@@ -280,6 +280,7 @@ class LMTrainer:
             keep_to = self.step if self.step < cfg.max_steps else self.step - 1
             self.metrics = MetricsWriter(
                 self.rundir.metrics_path, tensorboard=cfg.tensorboard, start_time=self.elapsed,
+                report_to=cfg.report_to, config=cfg,
                 truncate_after_step=keep_to if resume else None)
         if self.rundir is not None:
             acc.wait_for_everyone()
