@@ -157,16 +157,17 @@ def test_bad_inputs_are_clear_errors(tmp_path):
 def test_existing_run_needs_overwrite_or_resume(tmp_path):
     out = str(tmp_path / "run")
     model, tok = small_model()
-    args = VMPOConfig(output_dir=out, max_steps=1, **FAST)
+    # a constant schedule, so the run may be extended on resume (cosine decays over max_steps)
+    args = VMPOConfig(output_dir=out, max_steps=1, lr_scheduler="constant", **FAST)
     VMPOTrainer(model=model, processing_class=tok, reward_funcs=[digits], args=args).train()
     with pytest.raises(EmrlError, match="overwrite_output_dir=True"):
         VMPOTrainer(model=model, processing_class=tok, reward_funcs=[digits], args=args).train()
-    more = VMPOConfig(output_dir=out, max_steps=2, **FAST)
+    more = VMPOConfig(output_dir=out, max_steps=2, lr_scheduler="constant", **FAST)
     model, tok = small_model()
     last = VMPOTrainer(model=model, processing_class=tok, reward_funcs=[digits],
                        args=more).train(resume_from_checkpoint=True)
     assert last["step"] == 2 and [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [0, 1, 2]
-    again = VMPOConfig(output_dir=out, max_steps=1, overwrite_output_dir=True, **FAST)
+    again = VMPOConfig(output_dir=out, max_steps=1, overwrite_output_dir=True, lr_scheduler="constant", **FAST)
     VMPOTrainer(model=model, processing_class=tok, reward_funcs=[digits], args=again).train()
     assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [0, 1]
 

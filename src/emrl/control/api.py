@@ -46,6 +46,10 @@ class _Algorithm:
             env = spec.id
         if "algo" in config:
             raise EmrlError(f"{type(self).__name__} fixes algo={self.algo!r}; use the other class instead")
+        # learn() may be called again to keep training, so no schedule may run over a total
+        # that is not known in advance: the learning rate and clip range stay constant unless
+        # asked for (then a later learn() that extends the run is refused, as on the CLI)
+        config = {"anneal_lr": False, "anneal_clip": False, **config}
         self.config: ControlConfig = from_dict(ControlConfig, {**config, "algo": self.algo, "env": env},
                                                source=f"{type(self).__name__}(...)")
         self.config.validate()
