@@ -36,7 +36,7 @@ def _strip(records):
 
 
 def test_lm_final_evaluation_failure_loses_no_update(tmp_path):
-    cfg = sft_config(max_steps=3)
+    cfg = sft_config(max_steps=3, eval_at_start=False)  # the final evaluation is the one that fails
     whole = make_trainer(cfg, tmp_path, out="whole", reward=lambda p, c, **_: [0.0] * len(c))
     whole.train()
     flaky = FlakyReward()
@@ -54,7 +54,7 @@ def test_lm_final_evaluation_failure_loses_no_update(tmp_path):
 
 
 def test_lm_kill_during_final_write_leaves_one_final_record_and_no_temp_dirs(tmp_path):
-    cfg = sft_config(max_steps=2)
+    cfg = sft_config(max_steps=2, eval_at_start=False)
     make_trainer(cfg, tmp_path).train()
     run = tmp_path / "run"
     before = read_metrics(run / "metrics.jsonl")
