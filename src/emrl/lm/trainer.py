@@ -221,7 +221,7 @@ class LMTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg))
         self.policy, self.optimizer = acc.prepare(self.policy, self.optimizer)
         a0 = O.inverse_temperature_param(float(cfg.alpha_init), "softplus")
-        self.alpha_param = nn.Parameter(torch.as_tensor(a0, dtype=torch.float32).clone())
+        self.alpha_param = nn.Parameter(torch.as_tensor(a0, dtype=torch.float32, device=self.device).clone())
         self.alpha_opt = torch.optim.Adam([self.alpha_param], lr=cfg.alpha_lr)
 
         # counters and data order --------------------------------------------------
@@ -466,7 +466,7 @@ class LMTrainer:
                     # what the PPO ratio sees before any parameter change: with dropout on
                     # in the M-step this is the dropout noise alone (spec §9)
                     _, info = O.ppo_clip_loss(out.logp.detach(), mb["old_logp"],
-                                              torch.zeros(len(mb)), mb["completion_mask"],
+                                              torch.zeros(len(mb), device=out.logp.device), mb["completion_mask"],
                                               getattr(cfg, "clip_eps", 0.2))
                     m["ppo/ratio_std"] = float(info.ratio_std)
                     m["ppo/ratio_mean_first"] = float(info.ratio_mean)
