@@ -102,12 +102,13 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.task is None and info is not None:
         task = load_task_from_info(
             info, num_eval=cfg.num_eval, template=cfg.template, reward_funcs=cfg.reward_funcs,
-            reward_weights=cfg.reward_weights, num_train=0,
+            reward_weights=cfg.reward_weights, num_train=0, tokenizer=tokenizer,
         )
     else:
         task = load_task(
             cfg.task, seed=cfg.seed, num_train=0, num_eval=cfg.num_eval or 200,
             template=cfg.template, reward_funcs=cfg.reward_funcs, reward_weights=cfg.reward_weights,
+            tokenizer=tokenizer,
         )
     if cfg.num_prompts > len(task.eval):
         raise EmrlError(

@@ -255,12 +255,14 @@ class LMTrainer:
         if cfg.task is None and cfg.model != "tiny":
             info = load_task_info(cfg.model)
             if info is not None:
-                over: dict[str, Any] = {"num_train": cfg.num_train, "template": cfg.template}
+                over: dict[str, Any] = {"num_train": cfg.num_train, "template": cfg.template,
+                                        "tokenizer": self.tokenizer}
                 if funcs:
                     over.update(reward_funcs=funcs, reward_weights=weights)
                 return load_task_from_info(info, **over)
         return load_task(cfg.task, seed=cfg.seed, num_train=cfg.num_train, num_eval=cfg.num_eval,
-                         template=cfg.template, reward_funcs=funcs or None, reward_weights=weights)
+                         template=cfg.template, reward_funcs=funcs or None, reward_weights=weights,
+                         tokenizer=self.tokenizer)
 
     @property
     def unwrapped(self) -> nn.Module:
