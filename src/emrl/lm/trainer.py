@@ -44,6 +44,8 @@ from emrl.checkpoint import atomic_dir, load_checkpoint, prune_checkpoints, save
 from emrl.config import to_dict
 from emrl.errors import CheckpointError, ConfigError, EmrlError
 from emrl.lm.algorithms import Algorithm, Batch, make_algorithm
+from emrl.lm.lora import is_lora, load_policy_state_dict, policy_state_dict
+from emrl.lm.lora import save_pretrained as lora_save
 from emrl.lm.train_config import CommonTrainConfig, RLConfig, SFTConfig
 from emrl.metrics import MetricsWriter
 from emrl.progress import progress
@@ -208,6 +210,10 @@ class LMTrainer:
         self.task = task if task is not None else self._load_task(reward_funcs)
         if not self.task.train:
             raise EmrlError(f"task {self.task.name!r} has no training rows")
+        from emrl.lm import lora
+
+        if cfg.lora_r > 0:
+            model = lora.apply_lora(model, cfg)
         self.lm = model.to(self.device)
 
         # algorithm plug-in, reference/duals/value head ---------------------------
@@ -283,6 +289,10 @@ class LMTrainer:
 
     def reference(self) -> nn.Module:
         """The frozen reference policy π_ref: a copy of the policy before any update."""
+        from emrl.lm.lora import AdaptersDisabled, is_lora
+
+        if self._ref is None and is_lora(self.lm):  # the base weights, adapters off: no copy
+            self._ref = AdaptersDisabled(self.lm)
         if self._ref is None:
             self._ref = copy.deepcopy(self.lm).eval()
             for p in self._ref.parameters():
@@ -633,7 +643,7 @@ class LMTrainer:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "policy": acc_unwrap(self.accelerator, self.policy).state_dict(),
+            "policy": policy_state_dict(acc_unwrap(self.accelerator, self.policy)),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "alpha_param": self.alpha_param.detach().clone(),
@@ -670,7 +680,10 @@ class LMTrainer:
         final = self.rundir.path / "final"
         if self.accelerator.is_main_process:
             with atomic_dir(final) as tmp:
-                self.lm.save_pretrained(tmp)
+                if is_lora(self.lm):
+                    lora_save(self.lm, tmp, merge=self.cfg.lora_merge, base=self.cfg.model)
+                else:
+                    self.lm.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)
                 save_task_info(tmp, self.task)
             if self.last_eval is not None:
@@ -700,7 +713,7 @@ class LMTrainer:
                     f"checkpoint {ck} was written with {k}={v!r} but this run has {k}={now.get(k)!r}; "
                     "resume with the same settings (only " + ", ".join(RESUMABLE_CHANGES) + " may change)")
         try:
-            acc_unwrap(self.accelerator, self.policy).load_state_dict(state["policy"])
+            load_policy_state_dict(acc_unwrap(self.accelerator, self.policy), state["policy"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             with torch.no_grad():
