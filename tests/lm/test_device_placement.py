@@ -67,6 +67,10 @@ CASES = {
     "dar": ("rl", dict(algo="dar")),
     "ppo-token": ("rl", dict(algo="ppo", ent_coef=0.01, minibatch_size=8)),
     "ppo-sequence": ("rl", dict(algo="ppo", ppo_level="sequence")),
+    # the scale options of issue 14: chunked log-probs / exact KL, LoRA (π_ref = adapters off)
+    "vmpo-chunked": ("rl", dict(algo="vmpo", logp_chunk_size=3)),
+    "dar-lora-chunked": ("rl", dict(algo="dar", lora_r=2, logp_chunk_size=3, kl_ref_coef=0.1)),
+    "sft-chunked": ("sft", dict(target="delta", logp_chunk_size=3)),
 }
 
 

@@ -218,7 +218,7 @@ class SFT(Algorithm):
         return O.distillation_target(mb["teacher_logits"], self.cfg.distill_temperature, mask)
 
     def loss(self, trainer: LMTrainer, mb: Batch, out: ForwardOut) -> tuple[Tensor, dict[str, float]]:
-        if self.cfg.target == "nbest":
+        if self.cfg.target == "nbest" or out.logits is None:  # no logits: delta target in chunks
             return _nll_loss(trainer, mb, out)
         loss, _ = O.soft_target_nll(out.logits, self.target(mb), weights=mb["weights"], reduction="sum")
         loss = loss * trainer.loss_scale

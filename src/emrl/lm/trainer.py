@@ -95,7 +95,14 @@ class PolicyModule(nn.Module):
         self.lm = lm
         self.value_head = value_head
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, need_values: bool = False):
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, need_values: bool = False,
+                hidden_only: bool = False):
+        if hidden_only:  # last hidden states instead of logits (emrl.lm.chunked)
+            from emrl.lm.chunked import decoder_hidden
+
+            hidden = decoder_hidden(self.lm, input_ids, attention_mask)
+            vh = self.value_head
+            return hidden, (vh(hidden) if need_values and vh is not None else None)
         out = _lm_call(self.lm, input_ids, attention_mask, hidden=need_values)
         values = None
         if need_values and self.value_head is not None:
@@ -175,13 +182,13 @@ class LMTrainer:
         tokenizer: Any = None,
         task: Any = None,
     ) -> None:
-        from accelerate import Accelerator
+        from emrl.lm.scale import configure_model, make_accelerator
 
         cfg.validate()
         self.cfg = cfg
         self.algo_name = cfg.algo if isinstance(cfg, RLConfig) else "sft"
         configure_threads(cfg.num_threads)
-        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        self.accelerator = accelerator or make_accelerator(cfg)
         acc = self.accelerator
         self.rank, self.world = acc.process_index, acc.num_processes
         self.device = acc.device
@@ -214,6 +221,7 @@ class LMTrainer:
 
         if cfg.lora_r > 0:
             model = lora.apply_lora(model, cfg)
+        configure_model(model, cfg, self.algo_name, self.device)
         self.lm = model.to(self.device)
 
         # algorithm plug-in, reference/duals/value head ---------------------------
@@ -358,7 +366,8 @@ class LMTrainer:
         was = lm.training
         lm.eval()
         ro = generate(lm, self.tokenizer, [r["prompt"] for r in rows], num_samples=k,
-                      max_new_tokens=self.cfg.max_new_tokens, temperature=temperature, top_p=top_p)
+                      max_new_tokens=self.cfg.max_new_tokens, temperature=temperature, top_p=top_p,
+                      logprobs=False)
         lm.train(was)
         rows_rep = [r for r in rows for _ in range(k)]
         return ro, self.score(ro.prompts, ro.texts, rows_rep)
@@ -373,6 +382,11 @@ class LMTrainer:
     def forward(self, batch: Batch, *, train: bool, need_logits: bool = False,
                 need_values: bool = False, grad: bool = True) -> ForwardOut:
         """Teacher-forced pass of the policy (dropout on iff ``train``); see :class:`ForwardOut`."""
+        if self.cfg.logp_chunk_size:  # vocabulary-bounded memory: emrl.lm.chunked
+            from emrl.lm import chunked
+
+            return chunked.forward(self, batch, train=train, need_logits=need_logits,
+                                   need_values=need_values, grad=grad)
         self.policy.train(train)
         ctx = contextlib.nullcontext() if grad else torch.no_grad()
         with ctx:
@@ -436,6 +450,8 @@ class LMTrainer:
     def _kl_old(self, mb: Batch, out: ForwardOut) -> Tensor:
         """Mean per-token KL(π_old ‖ π_θ) over the minibatch's completion tokens (spec §5)."""
         m = mb["completion_mask"]
+        if getattr(out, "kl_old", None) is not None:  # computed in chunks (emrl.lm.chunked)
+            return out.kl_old
         if self.cfg.kl_estimator == "exact" and "old_logits" in mb:
             kl = O.categorical_kl(mb["old_logits"], out.logits, mask=m[:, 1:], chunk_size=self.cfg.kl_chunk_size)
             return kl.sum() / m[:, 1:].sum().clamp(min=1)
