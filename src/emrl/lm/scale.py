@@ -97,8 +97,10 @@ def check_memory(model: nn.Module, device: torch.device, *, already_resident: bo
 def configure_model(model: nn.Module, cfg: Any, algo_name: str, device: torch.device) -> None:
     """Memory check, activation checkpointing and chunking compatibility of ``model``."""
     from emrl.lm.chunked import check_config
+    from emrl.lm.vllm_backend import check_backend
 
     check_config(cfg, algo_name)
+    check_backend(cfg)
     check_memory(model, device, already_resident=device.type == "cpu")
     if getattr(cfg, "gradient_checkpointing", False):
         if not getattr(model, "supports_gradient_checkpointing", True):

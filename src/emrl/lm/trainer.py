@@ -46,6 +46,13 @@ from emrl.errors import CheckpointError, ConfigError, EmrlError
 from emrl.lm.algorithms import Algorithm, Batch, make_algorithm
 from emrl.lm.lora import is_lora, load_policy_state_dict, policy_state_dict
 from emrl.lm.lora import save_pretrained as lora_save
+from emrl.lm.sharding import (
+    full_lm_state,
+    full_params,
+    is_sharded,
+    load_model_and_optimizer_state,
+    model_and_optimizer_state,
+)
 from emrl.lm.train_config import CommonTrainConfig, RLConfig, SFTConfig
 from emrl.metrics import MetricsWriter
 from emrl.progress import progress
@@ -150,7 +157,9 @@ def _lr_lambda(cfg: CommonTrainConfig) -> Callable[[int], float]:
 
 
 def _finite_params(module: nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in module.parameters())
+    from emrl.lm.sharding import all_finite
+
+    return all_finite(module)
 
 
 class LMTrainer:
@@ -365,9 +374,15 @@ class LMTrainer:
         lm = self.unwrapped
         was = lm.training
         lm.eval()
-        ro = generate(lm, self.tokenizer, [r["prompt"] for r in rows], num_samples=k,
-                      max_new_tokens=self.cfg.max_new_tokens, temperature=temperature, top_p=top_p,
-                      logprobs=False)
+        if self.cfg.generation_backend == "vllm":  # emrl.lm.vllm_backend: weights pushed, then sampled
+            from emrl.lm.vllm_backend import rollout as engine_rollout
+
+            ro = engine_rollout(self, [r["prompt"] for r in rows], k, temperature=temperature, top_p=top_p)
+        else:
+            with full_params(self.policy):  # a sharded policy is gathered for generation
+                ro = generate(lm, self.tokenizer, [r["prompt"] for r in rows], num_samples=k,
+                              max_new_tokens=self.cfg.max_new_tokens, temperature=temperature,
+                              top_p=top_p, logprobs=False)
         lm.train(was)
         rows_rep = [r for r in rows for _ in range(k)]
         return ro, self.score(ro.prompts, ro.texts, rows_rep)
@@ -639,6 +654,13 @@ class LMTrainer:
         return last
 
     def _eval_metrics(self) -> dict[str, Any]:
+        if is_sharded(self.policy) and not getattr(self, "_gathered", False):
+            with full_params(self.policy):  # every process gathers; the main one evaluates
+                self._gathered = True
+                try:
+                    return self._eval_metrics()
+                finally:
+                    self._gathered = False
         if not self.accelerator.is_main_process or self.cfg.eval_num_prompts <= 0 or not self.task.eval:
             self.accelerator.wait_for_everyone()
             return {}
@@ -658,9 +680,11 @@ class LMTrainer:
                 "task": self.task.name, "seed": self.cfg.seed, "world_size": self.world}
 
     def state_dict(self) -> dict[str, Any]:
+        policy, optim = model_and_optimizer_state(acc_unwrap(self.accelerator, self.policy), self.optimizer,
+                                                  policy_state_dict)
         return {
-            "policy": policy_state_dict(acc_unwrap(self.accelerator, self.policy)),
-            "optimizer": self.optimizer.state_dict(),
+            "policy": policy,
+            "optimizer": optim,
             "scheduler": self.scheduler.state_dict(),
             "alpha_param": self.alpha_param.detach().clone(),
             "alpha_opt": self.alpha_opt.state_dict(),
@@ -679,8 +703,9 @@ class LMTrainer:
         if not _finite_params(self.policy):
             raise EmrlError(f"refusing to save non-finite weights at step {self.step}")
         path = self.rundir.path / f"checkpoint-{self.step}"
+        state = self.state_dict()  # on every process: a sharded policy gathers its full state
         if self.accelerator.is_main_process:
-            save_checkpoint(path, self.state_dict(), meta=self._meta())
+            save_checkpoint(path, state, meta=self._meta())
             prune_checkpoints(self.rundir.path, self.cfg.keep_checkpoints)
         self.accelerator.wait_for_everyone()
         return path
@@ -694,12 +719,13 @@ class LMTrainer:
         if not _finite_params(self.lm):
             raise EmrlError("refusing to save non-finite weights as final/")
         final = self.rundir.path / "final"
+        full = full_lm_state(acc_unwrap(self.accelerator, self.policy))  # None unless sharded
         if self.accelerator.is_main_process:
             with atomic_dir(final) as tmp:
                 if is_lora(self.lm):
                     lora_save(self.lm, tmp, merge=self.cfg.lora_merge, base=self.cfg.model)
                 else:
-                    self.lm.save_pretrained(tmp)
+                    self.lm.save_pretrained(tmp, **({} if full is None else {"state_dict": full}))
                 self.tokenizer.save_pretrained(tmp)
                 save_task_info(tmp, self.task)
             if self.last_eval is not None:
@@ -729,8 +755,8 @@ class LMTrainer:
                     f"checkpoint {ck} was written with {k}={v!r} but this run has {k}={now.get(k)!r}; "
                     "resume with the same settings (only " + ", ".join(RESUMABLE_CHANGES) + " may change)")
         try:
-            load_policy_state_dict(acc_unwrap(self.accelerator, self.policy), state["policy"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            load_model_and_optimizer_state(acc_unwrap(self.accelerator, self.policy), self.optimizer,
+                                           state["policy"], state["optimizer"], load_policy_state_dict)
             self.scheduler.load_state_dict(state["scheduler"])
             with torch.no_grad():
                 self.alpha_param.copy_(state["alpha_param"])
