@@ -6,7 +6,8 @@ then on the whole policy), as accelerate's FSDP2 plugin does with
 ``configs/accelerate/fsdp2.yaml`` on GPUs, and hands the optimiser the sharded
 parameters. Everything else is the trainer's own code.
 
-Usage: ``python dist_fsdp_worker.py TASK.jsonl OUT.json RUN_DIR [MAX_STEPS] [--resume]``.
+Usage: ``python dist_fsdp_worker.py TASK.jsonl OUT.json RUN_DIR [MAX_STEPS] [--resume]`` (MAX_STEPS 0:
+the E-step only).
 Rank 0 writes the E-step's global weights and metrics on a fixed batch (like
 ``dist_estep_worker.py``), whether the policy was sharded, and the run's metrics.
 """
@@ -22,7 +23,7 @@ from accelerate import Accelerator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dist_estep_worker import CASES, K, PROMPTS, REWARDS  # noqa: E402
+from dist_estep_worker import CASES, PROMPTS, REWARDS, K  # noqa: E402
 from trainer_helpers import digit_fraction, rl_config, small_model  # noqa: E402
 
 from emrl.lm.sharding import is_sharded  # noqa: E402
@@ -71,6 +72,9 @@ def main() -> None:
         metrics = tr.algo.estep(tr, b)
         glob = tr.gather(b["weights"].contiguous())
         results[name] = {"values": glob.tolist(), "metrics": metrics, "world": tr.world}
+    if max_steps == 0:  # the E-step only
+        Path(out_path).write_text(json.dumps(results))
+        return
     model, tok = small_model(0)
     cfg = rl_config(algo="vmpo", batch_size=PROMPTS, num_samples=K, max_steps=max_steps, save_every=1,
                     keep_checkpoints=0, eval_num_prompts=4)

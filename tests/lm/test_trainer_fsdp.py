@@ -36,10 +36,10 @@ def test_fsdp2_sharded_trainer_matches_one_process_and_resumes(tmp_path):
     pytest.importorskip("torch.distributed.fsdp").FSDPModule  # noqa: B018 - FSDP2 present
     task = write_task(tmp_path)
     one, two, cut_out = tmp_path / "one.json", tmp_path / "two.json", tmp_path / "cut.json"
-    proc = subprocess.run([sys.executable, str(WORKER), str(task), str(one), str(tmp_path / "run1"), "1"],
+    proc = subprocess.run([sys.executable, str(WORKER), str(task), str(one), str(tmp_path / "run1"), "0"],
                           env=_env(), timeout=300, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _launch([task, two, tmp_path / "run", 3])
+    _launch([task, two, tmp_path / "run", 2])
     r1, r2 = json.loads(one.read_text()), json.loads(two.read_text())
     assert r2["train"]["sharded"] and r2["train"]["world"] == 2
     assert r2["train"]["local_fraction"] < 0.6  # each process holds about half of the weights
@@ -49,21 +49,21 @@ def test_fsdp2_sharded_trainer_matches_one_process_and_resumes(tmp_path):
         for k, v in r1[name]["metrics"].items():
             assert r2[name]["metrics"][k] == pytest.approx(v, rel=1e-4, abs=1e-5), (name, k)
     run = tmp_path / "run"
-    assert r2["train"]["step"] == 3 and r2["train"]["eval/accuracy"] is not None
+    assert r2["train"]["step"] == 2 and r2["train"]["eval/accuracy"] is not None
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(run / "final") is not None  # full weights saved
-    # resume from checkpoint-2 of the sharded run: the same metrics as the uninterrupted run
+    # resume from checkpoint-1 of the sharded run: the same metrics as the uninterrupted run
     cut = tmp_path / "cut"
     shutil.copytree(run, cut)
-    for d in ("checkpoint-3", "final"):
+    for d in ("checkpoint-2", "final"):
         shutil.rmtree(cut / d)
     (cut / "eval.json").unlink()
-    (cut / "metrics.jsonl").write_text("\n".join((cut / "metrics.jsonl").read_text().splitlines()[:2]) + "\n")
-    _launch([task, cut_out, cut, 3, "--resume"])
+    (cut / "metrics.jsonl").write_text((cut / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+    _launch([task, cut_out, cut, 2, "--resume"])
     strip = lambda recs: [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in recs]  # noqa: E731
     a, b = strip(read_metrics(run / "metrics.jsonl")), strip(read_metrics(cut / "metrics.jsonl"))
-    assert [r["step"] for r in b] == [1, 2, 3]
+    assert [r["step"] for r in b] == [1, 2]
     for ra, rb in zip(a, b, strict=True):
         for k, v in ra.items():
             assert rb[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k

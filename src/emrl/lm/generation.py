@@ -181,7 +181,11 @@ def generate(
             batch = assemble_batch([encoded[i] for i in rows], [[] for _ in rows], pad)
             input_ids = batch["input_ids"].to(device)
             attn = batch["attention_mask"].to(device)
-            out = model.generate(input_ids=input_ids, attention_mask=attn, generation_config=gen_cfg)
+            # synced_gpus off: transformers turns it on for FSDP-managed models, but emrl gathers
+            # a sharded policy's weights before generating (emrl.lm.sharding.full_params), so no
+            # process waits for another (evaluation runs on the main process alone)
+            out = model.generate(input_ids=input_ids, attention_mask=attn, generation_config=gen_cfg,
+                                 synced_gpus=False)
             gen = out.sequences[:, input_ids.shape[1] :].cpu()  # [b, L_b]
             steps = gen.shape[1]
             # one [b, V] step at a time: never hold [b, L_b, V] (large vocabularies)
