@@ -689,7 +689,7 @@ class LMTrainer:
             "alpha_param": self.alpha_param.detach().clone(),
             "alpha_opt": self.alpha_opt.state_dict(),
             "algo": self.algo.state_dict(),
-            "rng": get_rng_state(),
+            "rng": self._rng_states(),
             "data": {"gen": self.data_gen.get_state(), "perm": self.perm.clone(), "cursor": self.cursor},
             "counters": {"step": self.step, "samples": self.samples, "elapsed": self.elapsed,
                          "nonfinite_in_a_row": self.nonfinite_in_a_row},
@@ -772,7 +772,22 @@ class LMTrainer:
         self.elapsed, self.nonfinite_in_a_row = float(c["elapsed"]), int(c["nonfinite_in_a_row"])
         if self.step > self.cfg.max_steps:
             raise CheckpointError(f"checkpoint {ck} is at step {self.step}, beyond max_steps={self.cfg.max_steps}")
-        set_rng_state(state["rng"])
+        rng = state["rng"]
+        if isinstance(rng, list):  # one state per process (each samples its own rollouts)
+            if len(rng) != self.world:
+                raise CheckpointError(f"checkpoint {ck} was written by {len(rng)} processes; resume it with "
+                                      f"{len(rng)}, not {self.world}")
+            rng = rng[self.rank]
+        set_rng_state(rng)
+
+    def _rng_states(self) -> Any:
+        """This process's RNG state; with several processes, every process's (a list in rank
+        order) so that each resumes its own sampling stream."""
+        if self.world == 1:
+            return get_rng_state()
+        from accelerate.utils import gather_object
+
+        return gather_object([get_rng_state()])
 
 
 def acc_unwrap(acc: Any, module: nn.Module) -> nn.Module:
