@@ -18,12 +18,11 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 from accelerate import Accelerator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dist_estep_worker import CASES, PROMPTS, REWARDS, K  # noqa: E402
+from dist_estep_worker import CASES, PROMPTS, K, fixed_batch_estep  # noqa: E402
 from trainer_helpers import digit_fraction, rl_config, small_model  # noqa: E402
 
 from emrl.lm.sharding import is_sharded  # noqa: E402
@@ -62,16 +61,7 @@ def main() -> None:
         model, tok = small_model(0)
         tr = LMTrainer(rl_config(batch_size=PROMPTS, num_samples=K, **CASES[name]), None, model=model,
                        tokenizer=tok, task=task, accelerator=FSDP2Accelerator(cpu=True))
-        per = PROMPTS // tr.world
-        rows = task.train[tr.rank * per:(tr.rank + 1) * per]
-        n = per * K
-        texts = [f"{j % 9}{'x' * (j % 3)}" for j in range(tr.rank * n, (tr.rank + 1) * n)]
-        b = tr.encode([r["prompt"] for r in rows for _ in range(K)], texts, [r for r in rows for _ in range(K)])
-        b["rewards"] = torch.tensor(REWARDS[tr.rank * n:(tr.rank + 1) * n])
-        tr.algo.finish_batch(tr, b)
-        metrics = tr.algo.estep(tr, b)
-        glob = tr.gather(b["weights"].contiguous())
-        results[name] = {"values": glob.tolist(), "metrics": metrics, "world": tr.world}
+        results[name] = fixed_batch_estep(tr, task)
     if max_steps == 0:  # the E-step only
         Path(out_path).write_text(json.dumps(results))
         return
