@@ -34,6 +34,22 @@ CASES = {
 }
 
 
+def fixed_batch_estep(tr: LMTrainer, task) -> dict:
+    """This process's share of the fixed global batch through the plug-in's E-step; the
+    gathered global weights / advantages and the metrics."""
+    per = PROMPTS // tr.world
+    rows = task.train[tr.rank * per:(tr.rank + 1) * per]
+    n = per * K
+    texts = [f"{j % 9}{'x' * (j % 3)}" for j in range(tr.rank * n, (tr.rank + 1) * n)]
+    b = tr.encode([r["prompt"] for r in rows for _ in range(K)], texts, [r for r in rows for _ in range(K)])
+    b["rewards"] = torch.tensor(REWARDS[tr.rank * n:(tr.rank + 1) * n])
+    tr.algo.finish_batch(tr, b)
+    metrics = tr.algo.estep(tr, b)
+    key = "advantages" if "advantages" in b else "weights"
+    glob = tr.gather(b[key].contiguous())
+    return {"values": glob.tolist(), "metrics": metrics, "world": tr.world}
+
+
 def main() -> None:
     task_path, out_path = sys.argv[1], sys.argv[2]
     task = load_task(task_path, seed=0, num_eval=8, reward_funcs=[digit_fraction])
@@ -42,17 +58,7 @@ def main() -> None:
         model, tok = small_model(0)
         tr = LMTrainer(rl_config(batch_size=PROMPTS, num_samples=K, **kw), None, model=model,
                        tokenizer=tok, task=task)
-        per = PROMPTS // tr.world
-        rows = task.train[tr.rank * per:(tr.rank + 1) * per]
-        n = per * K
-        texts = [f"{j % 9}{'x' * (j % 3)}" for j in range(tr.rank * n, (tr.rank + 1) * n)]
-        b = tr.encode([r["prompt"] for r in rows for _ in range(K)], texts, [r for r in rows for _ in range(K)])
-        b["rewards"] = torch.tensor(REWARDS[tr.rank * n:(tr.rank + 1) * n])
-        tr.algo.finish_batch(tr, b)
-        metrics = tr.algo.estep(tr, b)
-        key = "advantages" if "advantages" in b else "weights"
-        glob = tr.gather(b[key].contiguous())
-        results[name] = {"values": glob.tolist(), "metrics": metrics, "world": tr.world}
+        results[name] = fixed_batch_estep(tr, task)
     if len(sys.argv) > 3:
         model, tok = small_model(0)
         cfg = rl_config(algo="vmpo", batch_size=PROMPTS, num_samples=K, max_steps=2, save_every=1,

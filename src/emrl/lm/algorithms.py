@@ -218,7 +218,7 @@ class SFT(Algorithm):
         return O.distillation_target(mb["teacher_logits"], self.cfg.distill_temperature, mask)
 
     def loss(self, trainer: LMTrainer, mb: Batch, out: ForwardOut) -> tuple[Tensor, dict[str, float]]:
-        if self.cfg.target == "nbest":
+        if self.cfg.target == "nbest" or out.logits is None:  # no logits: delta target in chunks
             return _nll_loss(trainer, mb, out)
         loss, _ = O.soft_target_nll(out.logits, self.target(mb), weights=mb["weights"], reduction="sum")
         loss = loss * trainer.loss_scale
@@ -359,7 +359,7 @@ class VMPO(_RL):
         if self.needs_ref:
             self.ref = trainer.reference()
         xi0 = O.inverse_temperature_param(torch.tensor(float(self.cfg.eta_init)), param=self.cfg.eta_param)
-        self.xi = nn.Parameter(xi0.detach().clone().float())
+        self.xi = nn.Parameter(xi0.detach().clone().float().to(trainer.device))
         self.eta_opt = torch.optim.Adam([self.xi], lr=self.cfg.eta_lr)
 
     def eta(self) -> float:
@@ -497,14 +497,14 @@ class PPO(_RL):
             r_tok = r_tok - cfg.kl_coef * kl_tok
             metrics["mstep/kl_ref"] = float(trainer.global_masked_mean(kl_tok, mask))
         last = _last_index(mask)
-        r_tok[torch.arange(n), last] += batch["rewards"]
+        r_tok[torch.arange(n, device=mask.device), last] += batch["rewards"]
         values = batch["old_values"] * mask
         # time-major [S, n] over positions; positions outside the completion are masked:
         # "terminated" at the last completion token (no bootstrap) and at every masked
         # position so nothing is carried across them.
-        pos = torch.arange(S)[None, :]
+        pos = torch.arange(S, device=mask.device)[None, :]
         terminated = (pos == last[:, None]) | ~mask
-        next_values = torch.cat([values[:, 1:], torch.zeros(n, 1)], dim=1)
+        next_values = torch.cat([values[:, 1:], values.new_zeros(n, 1)], dim=1)
         adv, ret = O.gae(r_tok.T, values.T, next_values.T, terminated.T, terminated.T,
                          cfg.gamma, cfg.gae_lambda)
         adv, ret = adv.T * mask, ret.T * mask
@@ -541,7 +541,7 @@ class PPO(_RL):
 def _last_index(mask: Tensor) -> Tensor:
     """Index of the last True position of each row of ``mask[N, S]`` (0 for an empty row)."""
     S = mask.shape[1]
-    pos = torch.arange(S).expand_as(mask)
+    pos = torch.arange(S, device=mask.device).expand_as(mask)
     return torch.where(mask, pos, torch.full_like(pos, -1)).max(1).values.clamp(min=0)
 
 

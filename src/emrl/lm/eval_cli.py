@@ -194,7 +194,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         task = load_task_from_info(
             info, num_eval=cfg.num_eval, template=cfg.template, reward_funcs=funcs,
             reward_weights=weights, num_train=0, trust_code=cfg.trust_task_code,
-            where=f"model {cfg.model}",
+            where=f"model {cfg.model}", tokenizer=tokenizer,
         )
         if note is not None and task.reward_fn is None and not task.has_answers:
             raise EmrlError(f"{note}, and task {task.name!r} has no reward or answers of its own. "
@@ -207,6 +207,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         task = load_task(
             cfg.task, seed=cfg.seed, num_train=0, num_eval=cfg.num_eval or 200,
             template=cfg.template, reward_funcs=cfg.reward_funcs, reward_weights=cfg.reward_weights,
+            tokenizer=tokenizer,
         )
     if cfg.num_prompts > len(task.eval):
         raise EmrlError(

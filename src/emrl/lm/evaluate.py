@@ -87,7 +87,8 @@ def evaluate(
     prompts = [r["prompt"] for r in rows]
     out: dict[str, Any] = {"num_prompts": len(rows), "max_new_tokens": max_new}
     samples = [{"prompt": r["prompt"], "answer": r.get("answer")} for r in rows]
-    common = dict(max_new_tokens=max_new, batch_size=batch_size, truncate_prompts=truncate_prompts)
+    common = dict(max_new_tokens=max_new, batch_size=batch_size, truncate_prompts=truncate_prompts,
+                  logprobs=False)  # texts only: no b x L x V scores kept
     if greedy:
         g = generate(model, tokenizer, prompts, greedy=True, **common)
         if has_answers:

@@ -37,7 +37,7 @@ class Rollout:
             distribution it was sampled from (after temperature / top-p), 0 elsewhere.
         policy_logprobs: ``[N, P + L]`` float32, the model's own log-probs (temperature 1,
             no top-p) of the same tokens; equals ``sample_logprobs`` when temperature=1
-            and top_p=1 (and for greedy decoding).
+            and top_p=1 (and for greedy decoding). Both ``None`` when not asked for.
         completion_lengths: ``[N]`` long, completion tokens incl. EOS.
         finished: ``[N]`` bool, the completion ended with EOS (else hit max_new_tokens).
         prompt_len: ``P``.
@@ -49,8 +49,8 @@ class Rollout:
     input_ids: Tensor
     attention_mask: Tensor
     completion_mask: Tensor
-    sample_logprobs: Tensor
-    policy_logprobs: Tensor
+    sample_logprobs: Tensor | None
+    policy_logprobs: Tensor | None
     completion_lengths: Tensor
     finished: Tensor
     prompt_len: int
@@ -115,6 +115,7 @@ def generate(
     greedy: bool = False,
     batch_size: int | None = None,
     truncate_prompts: bool = False,
+    logprobs: bool = True,
 ) -> Rollout:
     """Sample ``num_samples`` completions for each prompt (stop at EOS).
 
@@ -129,6 +130,9 @@ def generate(
         batch_size: sequences per ``generate`` call (default: all ``B·k`` at once).
         truncate_prompts: cut prompts too long for the context (prompt + max_new_tokens)
             from the left instead of raising :class:`EmrlError`.
+        logprobs: also return the per-token log-probs (``sample_logprobs``,
+            ``policy_logprobs``). transformers keeps every step's ``[b, V]`` scores for
+            them, ``b × L × V`` floats; without them generation holds one step's.
 
     Returns:
         :class:`Rollout` with ``N = B·k`` rows. Uses the global torch RNG.
@@ -164,8 +168,8 @@ def generate(
         return_dict_in_generate=True,
         # at temperature 1 without top-p the sampled distribution is the model's own: the
         # raw logits give both log-prob sets, so the processed scores are not kept
-        output_scores=not same_dist,
-        output_logits=True,
+        output_scores=logprobs and not same_dist,
+        output_logits=logprobs,
     )
     device = next(model.parameters()).device
     was_training = model.training
@@ -180,30 +184,37 @@ def generate(
             batch = assemble_batch([encoded[i] for i in rows], [[] for _ in rows], pad)
             input_ids = batch["input_ids"].to(device)
             attn = batch["attention_mask"].to(device)
-            out = model.generate(input_ids=input_ids, attention_mask=attn, generation_config=gen_cfg)
+            # synced_gpus off: transformers turns it on for FSDP-managed models, but emrl gathers
+            # a sharded policy's weights before generating (emrl.lm.sharding.full_params), so no
+            # process waits for another (evaluation runs on the main process alone)
+            out = model.generate(input_ids=input_ids, attention_mask=attn, generation_config=gen_cfg,
+                                 synced_gpus=False)
             gen = out.sequences[:, input_ids.shape[1] :].cpu()  # [b, L_b]
             steps = gen.shape[1]
             # one [b, V] step at a time: never hold [b, L_b, V] (large vocabularies)
             tok = out.sequences[:, input_ids.shape[1] :].unsqueeze(-1)  # [b, L_b, 1]
-            p_lp = torch.stack(  # raw logits: the model at temperature 1
-                [torch.log_softmax(lg.float(), -1).gather(-1, tok[:, t]).squeeze(-1)
-                 for t, lg in enumerate(out.logits)], 1).cpu()
-            s_lp = p_lp if same_dist else torch.stack(  # processed scores: what was sampled
-                [torch.log_softmax(sc.float(), -1).gather(-1, tok[:, t]).squeeze(-1)
-                 for t, sc in enumerate(out.scores)], 1).cpu()
+            if logprobs:
+                p_lp = torch.stack(  # raw logits: the model at temperature 1
+                    [torch.log_softmax(lg.float(), -1).gather(-1, tok[:, t]).squeeze(-1)
+                     for t, lg in enumerate(out.logits)], 1).cpu()
+                s_lp = p_lp if same_dist else torch.stack(  # processed scores: what was sampled
+                    [torch.log_softmax(sc.float(), -1).gather(-1, tok[:, t]).squeeze(-1)
+                     for t, sc in enumerate(out.scores)], 1).cpu()
             is_eos = gen == eos
             for r in range(gen.shape[0]):
                 hits = is_eos[r].nonzero()
                 length = int(hits[0]) + 1 if len(hits) else steps
                 finished.append(bool(len(hits)))
                 comp_ids.append(gen[r, :length].tolist())
-                sample_lp.append(s_lp[r, :length].tolist())
-                policy_lp.append(p_lp[r, :length].tolist())
+                if logprobs:
+                    sample_lp.append(s_lp[r, :length].tolist())
+                    policy_lp.append(p_lp[r, :length].tolist())
     finally:
         if was_training:
             model.train()
-    layout = assemble_batch([encoded[i] for i in order], comp_ids, pad, sample_lp)
-    policy = assemble_batch([encoded[i] for i in order], comp_ids, pad, policy_lp)["values"]
+    layout = assemble_batch([encoded[i] for i in order], comp_ids, pad, sample_lp if logprobs else None)
+    policy = assemble_batch([encoded[i] for i in order], comp_ids, pad, policy_lp)["values"] \
+        if logprobs else None
     texts = [
         tokenizer.decode(c[:-1] if f else c, skip_special_tokens=True)
         for c, f in zip(comp_ids, finished, strict=True)
@@ -215,7 +226,7 @@ def generate(
         input_ids=layout["input_ids"],
         attention_mask=layout["attention_mask"],
         completion_mask=layout["completion_mask"],
-        sample_logprobs=layout["values"],
+        sample_logprobs=layout.get("values"),
         policy_logprobs=policy,
         completion_lengths=layout["completion_lengths"],
         finished=torch.tensor(finished, dtype=torch.bool),

@@ -218,6 +218,11 @@ def load_model_and_tokenizer(
             f"model path {str(path)!r} does not exist (expected 'tiny' or a local directory "
             "with a Hugging Face causal LM, e.g. the final/ folder of an emrl run)"
         )
+    from emrl.lm import lora
+
+    if path.is_dir() and lora.is_adapter_dir(path):  # an emrl final/ of LoRA adapters
+        return lora.load_merged(path, dropout=dropout, trust_remote_code=trust_remote_code, seed=seed,
+                                torch_dtype=torch_dtype)
     if not path.is_dir() or not (path / "config.json").is_file():
         raise EmrlError(
             f"model path {str(path)!r} is not a Hugging Face model directory (no config.json)"

@@ -418,8 +418,18 @@ def _check_user_rows(rows: list[dict], where: str) -> None:
 
 def _load_user_task(spec, *, seed, num_train, num_eval, template):
     """Train and held-out rows of a user dataset, and notes on rows kept out of training."""
+    from emrl.lm import chat
+
     path = Path(os.path.expanduser(spec))
     rows, held = _read_user_rows(path)
+    if rows and chat.is_conversational(rows):
+        if template is not None and template != USER_TEMPLATE:
+            raise EmrlError(
+                f"dataset {str(path)!r} is conversational: its prompts are rendered by the "
+                f"tokenizer's chat template, so a prompt template ({template!r}) does not apply")
+        rows = chat.to_conversational(rows, repr(str(path)))
+        if held is not None:
+            held = chat.to_conversational(held, f"{str(path)!r} (held-out split)")
     _check_user_rows(rows, repr(str(path)))
     template = template if template is not None else USER_TEMPLATE
     notes: list[str] = []
@@ -466,6 +476,7 @@ def load_task(
     template: str | None = None,
     reward_funcs: Sequence[Any] | None = None,
     reward_weights: Sequence[float] | None = None,
+    tokenizer: Any = None,
 ) -> Task:
     """Build a :class:`Task` from a spec (see module docstring).
 
@@ -480,6 +491,8 @@ def load_task(
         reward_funcs: reward specs replacing the default reward: ``"module:function"``,
             ``"exact_match"``, ``"verifier"`` (reasoning-gym), a local reward-model
             directory, or callables; combined with ``reward_weights`` (default 1 each).
+        tokenizer: renders the prompts of a conversational dataset (TRL ``messages`` or
+            list-of-messages ``prompt``) with its chat template (:mod:`emrl.lm.chat`).
 
     Raises:
         EmrlError: unknown dataset (with close matches) or option, missing file, empty
@@ -493,6 +506,8 @@ def load_task(
     resolved = DEFAULT_TASK_SPEC if is_default else str(spec)
     verifier = None
     notes: list[str] = []
+    from emrl.lm import chat
+
     if resolved.startswith(RG_PREFIX):
         name, options = parse_rg_spec(resolved)
         train, evals, template, verifier = _load_rg_task(
@@ -524,6 +539,11 @@ def load_task(
             resolved, seed=seed, num_train=num_train, num_eval=num_eval, template=template
         )
         task_name = path.name
+        if any(chat.PROMPT_MESSAGES in r for r in train[:1] + evals[:1]):
+            if tokenizer is None:
+                raise EmrlError(f"dataset {resolved!r} is conversational: rendering its prompts "
+                                "needs the model's tokenizer (load_task(..., tokenizer=...))")
+            train, evals = chat.render_rows(train, tokenizer), chat.render_rows(evals, tokenizer)
         rows = evals or train
         default_reward = BUILTIN_REWARDS["exact_match"] if rows and all(
             r.get("answer") is not None for r in rows

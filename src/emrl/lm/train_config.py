@@ -34,6 +34,7 @@ class CommonTrainConfig:
         "optim": "optimisation", "mstep": "M-step & trust region", "eval": "evaluation",
         "logging": "logging & checkpoints", "vmpo": "V-MPO (--algo vmpo)", "awr": "AWR (--algo awr)",
         "dar": "DAR (--algo dar)", "ppo": "PPO (--algo ppo)",
+        "scale": "scale: LoRA, precision, memory, generation engine",
     }
     HELP_GROUP_ALGOS = {"vmpo": "vmpo", "awr": "awr", "dar": "dar", "ppo": "ppo"}
 
@@ -119,8 +120,31 @@ class CommonTrainConfig:
         [], "experiment trackers that mirror metrics.jsonl, comma-separated: tensorboard, wandb, "
         "trackio, mlflow or none", group="logging")
 
+    # scale: LoRA, precision, memory, generation engine (emrl.lm.lora / emrl.lm.scale)
+    lora_r: int = cfg_field(0, "LoRA rank (0: off, full fine-tuning); needs the 'lora' extra (peft)", group="scale")
+    lora_alpha: float = cfg_field(16.0, "LoRA scale numerator (the update is scaled by lora_alpha / lora_r)", group="scale")
+    lora_dropout: float = cfg_field(0.0, "dropout on the LoRA branch", group="scale")
+    lora_target_modules: list[str] = cfg_field(
+        [], "module-name suffixes to adapt, e.g. q_proj,v_proj (empty: every linear layer but the output)", group="scale")
+    lora_merge: bool = cfg_field(False, "final/ holds the merged model instead of the adapters", group="scale")
+    mixed_precision: str = cfg_field(
+        "no", "autocast precision of forward passes through accelerate (weights stay float32)",
+        choices=["no", "bf16", "fp16"], group="scale")
+    gradient_checkpointing: bool = cfg_field(False, "recompute activations in the backward pass (memory)", group="scale")
+    logp_chunk_size: int | None = cfg_field(
+        None, "positions per chunk of the log-softmax over the vocabulary (None: all at once); bounds the "
+        "M-step's vocabulary-sized memory by chunk x V", group="scale")
+    generation_backend: str = cfg_field(
+        "hf", "rollout engine: transformers generate, or vLLM (colocated, weights pushed each update; "
+        "needs the 'vllm' extra)", choices=["hf", "vllm"], group="scale")
+
     def validate(self) -> None:
         check_choices(self)
+        _check(self.lora_r >= 0, f"lora_r must be >= 0, got {self.lora_r}")
+        _check(self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}")
+        _check(0.0 <= self.lora_dropout < 1.0, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        _check(self.logp_chunk_size is None or self.logp_chunk_size >= 1,
+               f"logp_chunk_size must be >= 1 or None, got {self.logp_chunk_size}")
         _check(self.max_steps >= 0, f"max_steps must be >= 0, got {self.max_steps}")
         for name in ("log_every", "eval_batch_size"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")

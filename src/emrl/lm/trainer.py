@@ -47,6 +47,15 @@ from emrl.checkpoint import atomic_dir, load_checkpoint, prune_checkpoints, save
 from emrl.config import apply_aliases, to_dict
 from emrl.errors import CheckpointError, ConfigError, EmrlError
 from emrl.lm.algorithms import Algorithm, Batch, make_algorithm
+from emrl.lm.lora import is_lora, load_policy_state_dict, policy_state_dict
+from emrl.lm.lora import save_pretrained as lora_save
+from emrl.lm.sharding import (
+    full_lm_state,
+    full_params,
+    is_sharded,
+    load_model_and_optimizer_state,
+    model_and_optimizer_state,
+)
 from emrl.lm.train_config import CommonTrainConfig, RLConfig, SFTConfig
 from emrl.metrics import MetricsWriter
 from emrl.progress import progress
@@ -100,7 +109,14 @@ class PolicyModule(nn.Module):
         self.lm = lm
         self.value_head = value_head
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, need_values: bool = False):
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, need_values: bool = False,
+                hidden_only: bool = False):
+        if hidden_only:  # last hidden states instead of logits (emrl.lm.chunked)
+            from emrl.lm.chunked import decoder_hidden
+
+            hidden = decoder_hidden(self.lm, input_ids, attention_mask)
+            vh = self.value_head
+            return hidden, (vh(hidden) if need_values and vh is not None else None)
         out = _lm_call(self.lm, input_ids, attention_mask, hidden=need_values)
         values = None
         if need_values and self.value_head is not None:
@@ -149,7 +165,9 @@ def _lr_lambda(cfg: CommonTrainConfig, progress: Callable[[int], float] | None =
 
 
 def _finite_params(module: nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in module.parameters())
+    from emrl.lm.sharding import all_finite
+
+    return all_finite(module)
 
 
 class LMTrainer:
@@ -190,13 +208,13 @@ class LMTrainer:
         trust_checkpoint: bool = False,
         trust_task_code: bool = False,
     ) -> None:
-        from accelerate import Accelerator
+        from emrl.lm.scale import configure_model, make_accelerator
 
         cfg.validate()
         self.cfg = cfg
         self.algo_name = cfg.algo if isinstance(cfg, RLConfig) else "sft"
         configure_threads(cfg.num_threads)
-        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        self.accelerator = accelerator or make_accelerator(cfg)
         acc = self.accelerator
         self.rank, self.world = acc.process_index, acc.num_processes
         self.device = acc.device
@@ -238,6 +256,11 @@ class LMTrainer:
                 print(f"note: {note}", file=sys.stderr, flush=True)
         if not self.task.train:
             raise EmrlError(f"task {self.task.name!r} has no training rows")
+        from emrl.lm import lora
+
+        if cfg.lora_r > 0:
+            model = lora.apply_lora(model, cfg)
+        configure_model(model, cfg, self.algo_name, self.device)
         self.lm = model.to(self.device)
 
         # algorithm plug-in, reference/duals/value head ---------------------------
@@ -254,7 +277,7 @@ class LMTrainer:
             self.optimizer, lambda step: self.schedule(step) * self.lr_scale)
         self.policy, self.optimizer = acc.prepare(self.policy, self.optimizer)
         a0 = O.inverse_temperature_param(float(cfg.alpha_init), "softplus")
-        self.alpha_param = nn.Parameter(torch.as_tensor(a0, dtype=torch.float32).clone())
+        self.alpha_param = nn.Parameter(torch.as_tensor(a0, dtype=torch.float32, device=self.device).clone())
         self.alpha_opt = torch.optim.Adam([self.alpha_param], lr=cfg.alpha_lr)
 
         # counters and data order --------------------------------------------------
@@ -315,13 +338,15 @@ class LMTrainer:
         if cfg.task is None and cfg.model != "tiny":
             info = load_task_info(cfg.model)
             if info is not None:
-                over: dict[str, Any] = {"num_train": cfg.num_train, "template": cfg.template}
+                over: dict[str, Any] = {"num_train": cfg.num_train, "template": cfg.template,
+                                        "tokenizer": self.tokenizer}
                 if funcs:
                     over.update(reward_funcs=funcs, reward_weights=weights)
                 return load_task_from_info(info, trust_code=self.trust_task_code,
                                            where=f"model {cfg.model}", **over)
         return load_task(cfg.task, seed=cfg.seed, num_train=cfg.num_train, num_eval=cfg.num_eval,
-                         template=cfg.template, reward_funcs=funcs or None, reward_weights=weights)
+                         template=cfg.template, reward_funcs=funcs or None, reward_weights=weights,
+                         tokenizer=self.tokenizer)
 
     @property
     def unwrapped(self) -> nn.Module:
@@ -342,6 +367,10 @@ class LMTrainer:
 
     def reference(self) -> nn.Module:
         """The frozen reference policy π_ref: a copy of the policy before any update."""
+        from emrl.lm.lora import AdaptersDisabled, is_lora
+
+        if self._ref is None and is_lora(self.lm):  # the base weights, adapters off: no copy
+            self._ref = AdaptersDisabled(self.lm)
         if self._ref is None:
             self._ref = copy.deepcopy(self.lm).eval()
             for p in self._ref.parameters():
@@ -406,8 +435,15 @@ class LMTrainer:
         lm = self.unwrapped
         was = lm.training
         lm.eval()
-        ro = generate(lm, self.tokenizer, [r["prompt"] for r in rows], num_samples=k,
-                      max_new_tokens=self.cfg.max_new_tokens, temperature=temperature, top_p=top_p)
+        if self.cfg.generation_backend == "vllm":  # emrl.lm.vllm_backend: weights pushed, then sampled
+            from emrl.lm.vllm_backend import rollout as engine_rollout
+
+            ro = engine_rollout(self, [r["prompt"] for r in rows], k, temperature=temperature, top_p=top_p)
+        else:
+            with full_params(self.policy):  # a sharded policy is gathered for generation
+                ro = generate(lm, self.tokenizer, [r["prompt"] for r in rows], num_samples=k,
+                              max_new_tokens=self.cfg.max_new_tokens, temperature=temperature,
+                              top_p=top_p, logprobs=False)
         lm.train(was)
         rows_rep = [r for r in rows for _ in range(k)]
         return ro, self.score(ro.prompts, ro.texts, rows_rep)
@@ -425,6 +461,11 @@ class LMTrainer:
     def forward(self, batch: Batch, *, train: bool, need_logits: bool = False,
                 need_values: bool = False, grad: bool = True) -> ForwardOut:
         """Teacher-forced pass of the policy (dropout on iff ``train``); see :class:`ForwardOut`."""
+        if self.cfg.logp_chunk_size:  # vocabulary-bounded memory: emrl.lm.chunked
+            from emrl.lm import chunked
+
+            return chunked.forward(self, batch, train=train, need_logits=need_logits,
+                                   need_values=need_values, grad=grad)
         self.policy.train(train)
         ctx = contextlib.nullcontext() if grad else torch.no_grad()
         with ctx:
@@ -488,6 +529,8 @@ class LMTrainer:
     def _kl_old(self, mb: Batch, out: ForwardOut) -> Tensor:
         """Mean per-token KL(π_old ‖ π_θ) over the minibatch's completion tokens (spec §5)."""
         m = mb["completion_mask"]
+        if getattr(out, "kl_old", None) is not None:  # computed in chunks (emrl.lm.chunked)
+            return out.kl_old
         if self.cfg.kl_estimator == "exact" and "old_logits" in mb:
             kl = O.categorical_kl(mb["old_logits"], out.logits, mask=m[:, 1:], chunk_size=self.cfg.kl_chunk_size)
             return kl.sum() / m[:, 1:].sum().clamp(min=1)
@@ -585,7 +628,7 @@ class LMTrainer:
                     # what the PPO ratio sees before any parameter change: with dropout on
                     # in the M-step this is the dropout noise alone (spec §9)
                     _, info = O.ppo_clip_loss(out.logp.detach(), mb["old_logp"],
-                                              torch.zeros(len(mb)), mb["completion_mask"],
+                                              torch.zeros(len(mb), device=out.logp.device), mb["completion_mask"],
                                               getattr(cfg, "clip_eps", 0.2))
                     m["ppo/ratio_std"] = float(info.ratio_std)
                     m["ppo/ratio_mean_first"] = float(info.ratio_mean)
@@ -864,6 +907,13 @@ class LMTrainer:
         tqdm.write(msg, file=sys.stderr)
 
     def _eval_metrics(self) -> dict[str, Any]:
+        if is_sharded(self.policy) and not getattr(self, "_gathered", False):
+            with full_params(self.policy):  # every process gathers; the main one evaluates
+                self._gathered = True
+                try:
+                    return self._eval_metrics()
+                finally:
+                    self._gathered = False
         if not self.accelerator.is_main_process or self.cfg.eval_num_prompts <= 0 or not self.task.eval:
             self.accelerator.wait_for_everyone()
             return {}
@@ -883,9 +933,11 @@ class LMTrainer:
                 "task": self.task.name, "seed": self.cfg.seed, "world_size": self.world}
 
     def state_dict(self) -> dict[str, Any]:
+        policy, optim = model_and_optimizer_state(acc_unwrap(self.accelerator, self.policy), self.optimizer,
+                                                  policy_state_dict)
         return {
-            "policy": acc_unwrap(self.accelerator, self.policy).state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "policy": policy,
+            "optimizer": optim,
             "scheduler": self.scheduler.state_dict(),
             "alpha_param": self.alpha_param.detach().clone(),
             "alpha_opt": self.alpha_opt.state_dict(),
@@ -907,8 +959,9 @@ class LMTrainer:
             raise EmrlError(f"refusing to save non-finite weights at step {self.step}")
         path = self.rundir.path / f"checkpoint-{self.step}"
         rng_ranks = self._rng_states()  # every process takes part (a collective)
+        state = self.state_dict()  # on every process: a sharded policy gathers its full state
         if self.accelerator.is_main_process:
-            save_checkpoint(path, {**self.state_dict(), "rng_ranks": rng_ranks}, meta=self._meta())
+            save_checkpoint(path, {**state, "rng_ranks": rng_ranks}, meta=self._meta())
             prune_checkpoints(self.rundir.path, self.cfg.keep_checkpoints)
         self.accelerator.wait_for_everyone()
         return path
@@ -931,9 +984,13 @@ class LMTrainer:
         if not _finite_params(self.lm):
             raise EmrlError("refusing to save non-finite weights as final/")
         final = self.rundir.path / "final"
+        full = full_lm_state(acc_unwrap(self.accelerator, self.policy))  # None unless sharded
         if self.accelerator.is_main_process:
             with atomic_dir(final) as tmp:
-                self.lm.save_pretrained(tmp)
+                if is_lora(self.lm):
+                    lora_save(self.lm, tmp, merge=self.cfg.lora_merge, base=self.cfg.model)
+                else:
+                    self.lm.save_pretrained(tmp, **({} if full is None else {"state_dict": full}))
                 self.tokenizer.save_pretrained(tmp)
                 save_task_info(tmp, self.task)
             if self.last_eval is not None:
@@ -967,8 +1024,8 @@ class LMTrainer:
             horizon_why=f"the learning-rate schedule (lr_scheduler={self.cfg.lr_scheduler} decays over "
                         "max_steps)")
         try:
-            acc_unwrap(self.accelerator, self.policy).load_state_dict(state["policy"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            load_model_and_optimizer_state(acc_unwrap(self.accelerator, self.policy), self.optimizer,
+                                           state["policy"], state["optimizer"], load_policy_state_dict)
             self.scheduler.load_state_dict(state["scheduler"])
             with torch.no_grad():
                 self.alpha_param.copy_(state["alpha_param"])
