@@ -37,7 +37,8 @@ def _sections(text: str) -> dict[str, list[str]]:
 
 LM_TRAIN_SECTIONS = ["options", "model & data", "rollouts, reward & advantages", "optimisation",
                      "M-step & trust region", "evaluation", "logging & checkpoints",
-                     "V-MPO (--algo vmpo)", "AWR (--algo awr)", "DAR (--algo dar)", "PPO (--algo ppo)"]
+                     "V-MPO (--algo vmpo)", "AWR (--algo awr)", "DAR (--algo dar)", "PPO (--algo ppo)",
+                     "scale: LoRA, precision, memory, generation engine"]
 
 
 def test_lm_train_help_is_grouped_with_choices_and_defaults(capsys):

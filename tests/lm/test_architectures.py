@@ -108,7 +108,7 @@ def test_family_sft_then_every_rl_algorithm(root, family, task_file):
                  "--reward-fns", REWARD, "--num-samples", "2", *SMALL_RUN]) == 0
     for algo, extra in (("awr", {}), ("dar", {}), ("ppo", {}), ("ppo", {"ppo_level": "sequence"})):
         cfg = rl_config(algo=algo, model=str(final), max_steps=1, batch_size=2, num_samples=2, max_new_tokens=3,
-                        eval_num_prompts=2, eval_samples=0, reward_fns=[REWARD], **extra)
+                        eval_num_prompts=2, eval_samples=0, reward_funcs=[REWARD], **extra)
         rec = LMTrainer(cfg, None).train()
         assert rec["step"] == 1 and 0.0 <= rec["reward/mean"] <= 1.0, (family, algo)
 

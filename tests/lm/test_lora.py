@@ -34,7 +34,7 @@ def base_dir(tmp_path_factory):
 
 def _cfg(base_dir, tmp_path, **kw):
     base = dict(algo="vmpo", model=str(base_dir), task=str(write_task(tmp_path)), num_eval=8,
-                reward_fns=[REWARD], lora_r=4, lora_alpha=8.0, learning_rate=1e-2, max_steps=3)
+                reward_funcs=[REWARD], lora_r=4, lora_alpha=8.0, learning_rate=1e-2, max_steps=3)
     base.update(kw)
     return rl_config(**base)
 
@@ -90,7 +90,7 @@ def test_lora_resume_reproduces_uninterrupted_run(base_dir, tmp_path):
     for d in ("checkpoint-4", "final"):
         shutil.rmtree(cut / d)
     (cut / "eval.json").unlink()
-    (cut / "metrics.jsonl").write_text("\n".join((cut / "metrics.jsonl").read_text().splitlines()[:2]) + "\n")
+    (cut / "metrics.jsonl").write_text("\n".join((cut / "metrics.jsonl").read_text().splitlines()[:3]) + "\n")  # steps 0-2
     LMTrainer(cfg, cut, resume=True).train()
     strip = lambda recs: [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in recs]  # noqa: E731
     assert strip(read_metrics(full / "metrics.jsonl")) == strip(read_metrics(cut / "metrics.jsonl"))

@@ -118,7 +118,8 @@ def test_chunking_bounds_the_vocabulary_sized_memory(tmp_path):
     V = 101  # the tiny tokenizer
     got = {}
     for chunk in (None, 4):
-        tr = make_trainer(rl_config(algo="vmpo", logp_chunk_size=chunk), tmp_path, out=None)
+        # minibatches: the plain path then keeps pi_old's full logits from a separate pass
+        tr = make_trainer(rl_config(algo="vmpo", logp_chunk_size=chunk, minibatch_size=4), tmp_path, out=None)
         rows = tr.task.train[:8]
         b = tr.encode([r["prompt"] for r in rows], ["12345678"] * 8, rows)
         b["rewards"] = torch.zeros(8)

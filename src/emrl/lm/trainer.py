@@ -440,10 +440,16 @@ class LMTrainer:
 
             ro = engine_rollout(self, [r["prompt"] for r in rows], k, temperature=temperature, top_p=top_p)
         else:
+            # generation's own log-probs are π_old's (eval mode, temperature 1) and save a
+            # teacher-forced pass, but transformers keeps a [b, V] tensor per step for them:
+            # kept only while that stays small (else π_old is recomputed, chunked if asked)
+            vocab = int(lm.get_output_embeddings().weight.shape[0])
+            keep = len(rows) * k * self.cfg.max_new_tokens * vocab * 4 <= 2**28 and \
+                self.cfg.logp_chunk_size is None
             with full_params(self.policy):  # a sharded policy is gathered for generation
                 ro = generate(lm, self.tokenizer, [r["prompt"] for r in rows], num_samples=k,
                               max_new_tokens=self.cfg.max_new_tokens, temperature=temperature,
-                              top_p=top_p, logprobs=False)
+                              top_p=top_p, logprobs=keep)
         lm.train(was)
         rows_rep = [r for r in rows for _ in range(k)]
         return ro, self.score(ro.prompts, ro.texts, rows_rep)
@@ -453,8 +459,9 @@ class LMTrainer:
         # π_old's per-token log-probs come with the samples: generation ran the policy in
         # eval mode at temperature 1 (``policy_logprobs``), so no second pass is needed
         t = {"input_ids": ro.input_ids.to(self.device), "attention_mask": ro.attention_mask.to(self.device),
-             "completion_mask": ro.completion_mask.to(self.device).bool(), "rewards": rewards.to(self.device),
-             "old_logp": ro.policy_logprobs.to(self.device)}
+             "completion_mask": ro.completion_mask.to(self.device).bool(), "rewards": rewards.to(self.device)}
+        if getattr(ro, "policy_logprobs", None) is not None:
+            t["old_logp"] = ro.policy_logprobs.to(self.device)
         return Batch(t, {"prompts": list(ro.prompts), "texts": list(ro.texts), "rows": rows_rep})
 
     # forward passes -------------------------------------------------------------------
@@ -552,7 +559,7 @@ class LMTrainer:
         """
         cfg = self.cfg
         whole = cfg.minibatch_size is None or cfg.minibatch_size >= n_local
-        return whole and self._quiet_mstep() and self.algo.value_head() is None
+        return whole and self._quiet_mstep() and self.algo.value_head() is None and cfg.logp_chunk_size is None
 
     def _mstep(self, batch: Batch) -> dict[str, float]:
         """The M-step of one update (see the module docstring).
@@ -590,7 +597,8 @@ class LMTrainer:
         # estimate, and undo DDP's averaging over processes
         self.loss_scale = float(n_mb * self.world)
         exact = trust and cfg.kl_estimator == "exact"
-        old_from_first = exact and "old_logits" not in batch  # see old_logits_from_mstep
+        old_from_first = exact and "old_logits" not in batch and cfg.logp_chunk_size is None \
+            and self.old_logits_from_mstep(n)  # see old_logits_from_mstep
         need_logits = algo.needs_logits or exact
         need_values = self.algo.value_head() is not None
         per_step_dual = trust and cfg.dual_schedule == "step"
@@ -721,14 +729,13 @@ class LMTrainer:
     def _realised_kl(self, batch: Batch) -> float:
         """KL(π_old ‖ π_θ) per token over the whole (global) batch, eval mode, no gradient."""
         with torch.no_grad():
-            out = self.forward(batch, train=False, need_logits="old_logits" in batch, grad=False)
-            m = batch["completion_mask"]
-            if self.cfg.kl_estimator == "exact" and "old_logits" in batch:
-                s = O.categorical_kl(batch["old_logits"], out.logits, mask=m[:, 1:],
-                                     chunk_size=self.cfg.kl_chunk_size).sum()
-                c = m[:, 1:].sum()
-            else:
-                s, c = (O.kl_k3(batch["old_logp"], out.logp) * m).sum(), m.sum()
+            # (the chunked path computes its KL to π_old's snapshot only on an M-step pass,
+            # grad=True, which the surrounding no_grad keeps free of a graph)
+            out = self.forward(batch, train=False, need_logits="old_logits" in batch,
+                               grad=bool(self.cfg.logp_chunk_size))
+            kl = self._kl_old(batch, out)  # exact, chunked or k3, as in the M-step
+            c = batch["completion_mask"][:, 1:].sum()
+            s = kl * c
             tot = torch.stack([s.float(), c.float()])
             if self.world > 1:
                 tot = self.accelerator.reduce(tot, reduction="sum")
