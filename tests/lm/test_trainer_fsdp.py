@@ -59,11 +59,12 @@ def test_fsdp2_sharded_trainer_matches_one_process_and_resumes(tmp_path):
     for d in ("checkpoint-2", "final"):
         shutil.rmtree(cut / d)
     (cut / "eval.json").unlink()
-    (cut / "metrics.jsonl").write_text((cut / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+    # keep the records up to checkpoint-1 (step 0 is the start model's evaluation)
+    (cut / "metrics.jsonl").write_text("\n".join((cut / "metrics.jsonl").read_text().splitlines()[:2]) + "\n")
     _launch([task, cut_out, cut, 2, "--resume"])
     strip = lambda recs: [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in recs]  # noqa: E731
     a, b = strip(read_metrics(run / "metrics.jsonl")), strip(read_metrics(cut / "metrics.jsonl"))
-    assert [r["step"] for r in b] == [1, 2]
+    assert [r["step"] for r in b] == [0, 1, 2]
     for ra, rb in zip(a, b, strict=True):
         for k, v in ra.items():
             assert rb[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
