@@ -72,6 +72,13 @@ def _stage_configs(dc: DemoConfig, out: Path):
     return sft, rl, cont
 
 
+def _task_label(name: str) -> str:
+    """The task's name; the default task by its reasoning-gym spec."""
+    from emrl.lm.tasks import DEFAULT_TASK_SPEC
+
+    return f"{DEFAULT_TASK_SPEC} (the default task)" if name == "default" else name
+
+
 def plateau_change(records: list[dict]) -> float | None:
     """Change of held-out greedy accuracy over the last quarter of a run's updates (None
     when fewer than two evaluations fall in it): the SFT stage is on a plateau when this is
@@ -177,7 +184,7 @@ def run_demo(dc: DemoConfig, output_dir: str | Path, *, overwrite: bool = False)
         "continued_sft_time_s": wall - t_sft - t_rl,
         "rl_minutes": dc.rl_minutes,
         "seed": dc.seed,
-        "task": rl_trainer.task.name,
+        "task": _task_label(rl_trainer.task.name),
         "sft_updates": sft_cfg.max_steps,
         "rl_updates": rl_trainer.step,
         "continued_sft_updates": cont_trainer.step,
