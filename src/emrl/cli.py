@@ -85,7 +85,7 @@ def _add_demo_length_options(p: argparse.ArgumentParser) -> None:
     the SFT and V-MPO stages' ``max_steps`` (the ``sft`` / ``rl`` entries of its config)."""
     g = p.add_argument_group("run length (a short demo)")
     g.add_argument("--quick", action="store_true",
-                   help=f"a short run to try the pipeline (about 4 minutes on 2 shared CPU cores): "
+                   help=f"a short run to try the pipeline (about 2 minutes measured on 2 shared CPU cores): "
                         f"{QUICK_SFT_STEPS} SFT and at most {QUICK_RL_STEPS} V-MPO updates, then 30 s of "
                         "continued SFT as the control; the model learns "
                         "little, so its accuracies are not the demo's figures")
