@@ -8,14 +8,16 @@
 2. SFT on the default task (two-term arithmetic from reasoning-gym) with the defaults
    of ``emrl lm sft`` (the δ target, spec §6) -> ``DIR/sft``;
 3. V-MPO (spec §6 "Full Adaptive EM Procedure") from the SFT model with the defaults of
-   ``emrl lm train --algo vmpo`` -> ``DIR/rl``;
-4. evaluates both on the same held-out prompts (greedy exact match, and pass@1 at
-   temperature 1 over several samples per prompt) and writes ``DIR/report.md``,
-   ``DIR/learning_curves.png`` and ``DIR/summary.json``.
+   ``emrl lm train --algo vmpo``, for ``rl_minutes`` of training -> ``DIR/rl``;
+4. the control: continued SFT from the same SFT model for the same training time, at the
+   learning rate the SFT stage ended with -> ``DIR/sft_continued``;
+5. evaluates all three on the same held-out prompts (greedy exact match, and pass@1 at
+   temperature 1 over several samples per prompt), checks whether the SFT stage reached a
+   plateau, and writes ``DIR/report.md``, ``DIR/learning_curves.png`` and ``DIR/summary.json``.
 
-``--config`` takes a YAML file of :class:`DemoConfig` fields; ``sft`` and ``rl`` hold
-overrides of :class:`~emrl.lm.train_config.SFTConfig` / ``RLConfig`` fields (e.g. a
-seconds-long smoke run).
+``--config`` takes a YAML file of :class:`DemoConfig` fields; ``sft``, ``rl`` and
+``sft_continued`` hold overrides of :class:`~emrl.lm.train_config.SFTConfig` / ``RLConfig``
+fields (e.g. a seconds-long smoke run).
 """
 
 from __future__ import annotations
