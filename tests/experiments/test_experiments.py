@@ -134,8 +134,11 @@ def test_rq3_smoke(tmp_path, capsys):
     rc, out, err = run(["experiment", "run", "rq3", "--preset", "smoke", "--output-dir", d], capsys)
     assert rc == 0, err
     recs, _ = read_records(d)
-    assert len(recs) == 4
+    assert len(recs) == 5
     assert all(not r["result"]["failed"] for r in recs), [r["result"] for r in recs]
+    control = [r for r in recs if r["config"].get("part") == "control"]
+    assert len(control) == 1 and control[0]["result"]["final_return"] > 0 and control[0]["result"]["eta"]
+    recs = [r for r in recs if r not in control]
     scales = {r["config"]["scale"] for r in recs}
     assert scales == {0.1, 10.0}
     etas = {r["config"].get("eta") for r in recs if r["config"]["mode"] == "fixed"}
@@ -146,7 +149,7 @@ def test_rq3_smoke(tmp_path, capsys):
         if r["config"]["mode"] == "fixed":
             assert curve and all(abs(v - 0.3) < 1e-6 for v in curve)
     report = (d / "report.md").read_text()
-    assert "rq3_scale.png" in report and "Collapse rate" in report
+    assert "rq3_scale.png" in report and "Collapse rate" in report and "Control contrast" in report
 
 
 def test_ray_runs_the_cells(rq1_dir, tmp_path, capsys):

@@ -55,7 +55,8 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def train_sft(run_dir: Path, *, model: str = "tiny", max_steps: int, seed: int = 0, eval_prompts: int = 100, extra: list[str] | None = None) -> Path:
+def train_sft(run_dir: Path, *, model: str = "tiny", max_steps: int, seed: int = 0, eval_prompts: int = 100,
+              extra: list[str] | None = None) -> Path:
     """An SFT start model (from ``model``, default the tiny preset), cached: reused when ``run_dir/final`` and
     its ``eval.json`` exist. Returns the ``final/`` model directory."""
     final = run_dir / "final"
@@ -72,7 +73,7 @@ def train_sft(run_dir: Path, *, model: str = "tiny", max_steps: int, seed: int =
 
 
 def start_models(shared_dir: Path, *, model: str = "tiny", sft_steps: int, rl_steps: int = 0,
-                 rl_flags: list[str] | None = None) -> dict[str, str]:
+                 rl_flags: list[str] | None = None, eval_prompts: int = 100) -> dict[str, str]:
     """The models a grid shares, cached in ``shared_dir``: ``"sft"`` (``model`` after
     ``sft_steps`` SFT updates; ``model`` itself when ``sft_steps`` is 0) and, with
     ``rl_steps``, ``"moved"`` (that model after ``rl_steps`` V-MPO updates: a policy that
@@ -87,7 +88,8 @@ def start_models(shared_dir: Path, *, model: str = "tiny", sft_steps: int, rl_st
     else:
         if not (shared_dir / "sft" / "final").is_dir():
             _say(f"training the shared SFT start model ({sft_steps} updates of {model}) in {shared_dir / 'sft'}")
-        out["sft"] = str(train_sft(shared_dir / "sft", model=model, max_steps=sft_steps))
+        out["sft"] = str(train_sft(shared_dir / "sft", model=model, max_steps=sft_steps,
+                                   eval_prompts=eval_prompts))
     if rl_steps:
         moved = shared_dir / "moved"
         if not ((moved / "final").is_dir() and (moved / "eval.json").exists()):

@@ -34,7 +34,7 @@ SUMMARY = "SFT/n-best/V-MPO/AWR/DAR identities on real batches; EM's monotone ri
 _COMMON = {"eta": 0.3, "tau_grid": [1.0, 0.3, 0.1, 0.03, 0.01, 0.003], "eta_grid": [1.0, 10.0, 100.0, 1e3, 1e4, 1e6],
            "alpha_frac_grid": [0.5, 0.1, 0.01, 1e-3, 1e-4, 1e-5], "awr_temps": [0.1, 1.0, 10.0]}
 PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": {**_COMMON, "seeds": 1, "model": "tiny", "sft_steps": 20, "rl_steps": 2, "num_prompts": 6, "k": 4,
+    "smoke": {**_COMMON, "seeds": 1, "model": "tiny", "sft_steps": 20, "sft_eval_prompts": 10, "rl_steps": 2, "num_prompts": 6, "k": 4,
               "K": 8, "d": 3, "iters": 8},
     "cpu": {**_COMMON, "seeds": 5, "model": "tiny", "sft_steps": 600, "rl_steps": 30, "num_prompts": 32, "k": 8,
             "K": 50, "d": 5, "iters": 25},
@@ -56,6 +56,7 @@ def setup(params: dict[str, Any], shared_dir: Path) -> dict[str, Any]:
     from emrl.experiments import lmkit
 
     return lmkit.start_models(shared_dir, model=params["model"], sft_steps=params["sft_steps"],
+                              eval_prompts=params.get("sft_eval_prompts", 100),
                               rl_steps=params["rl_steps"], rl_flags=["--eps-alpha", "0.05"])
 
 

@@ -31,15 +31,18 @@ def constant_one(prompts, completions, **columns) -> list[float]:
 
 
 _COMMON = {"scales": [0.1, 1.0, 10.0], "shift": 1.0, "fixed_etas": [0.03, 0.3, 3.0], "eps_etas": [0.1, 1.0],
-           "collapse_drop": 0.05}
+           "collapse_drop": 0.05, "control_env": "CartPole-v1", "control_scales": [0.1, 1.0, 10.0],
+           "control_steps": 20000}
 PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": {**_COMMON, "seeds": 1, "model": "tiny", "sft_steps": 20, "scales": [0.1, 10.0], "shift": None,
+    "smoke": {**_COMMON, "seeds": 1, "model": "tiny", "sft_steps": 20, "sft_eval_prompts": 10, "scales": [0.1, 10.0], "shift": None,
               "fixed_etas": [0.3],
-              "eps_etas": [0.1], "max_steps": 2, "batch_size": 4, "eval_prompts": 10, "train_flags": []},
+              "eps_etas": [0.1], "max_steps": 2, "batch_size": 4, "eval_prompts": 10, "train_flags": [],
+              "control_scales": [10.0], "control_steps": 1024},
     "cpu": {**_COMMON, "seeds": 3, "model": "tiny", "sft_steps": 600, "max_steps": 24, "batch_size": 16,
             "eval_prompts": 100, "train_flags": ["--eps-alpha", "0.02"]},
     "gpu": {**_COMMON, "seeds": 3, "model": "Qwen/Qwen2.5-0.5B-Instruct", "sft_steps": 0, "max_steps": 200,
-            "batch_size": 32, "eval_prompts": 200, "train_flags": ["--mixed-precision", "bf16"]},
+            "batch_size": 32, "eval_prompts": 200, "train_flags": ["--mixed-precision", "bf16"],
+            "control_steps": 200000},
 }
 
 
@@ -66,6 +69,9 @@ def _transform_label(t: dict[str, Any]) -> str:
 
 def cells(params: dict[str, Any], seeds: list[int]) -> list[dict[str, Any]]:
     out = []
+    for c in params.get("control_scales", []):
+        for s in seeds:
+            out.append({"key": f"control-x{c:g}-s{s}", "config": {"part": "control", "scale": float(c)}, "seed": s})
     for tr in _transforms(params):
         for m in _methods(params, bool(tr["shift"])):
             cfg = {**tr, **m}
@@ -79,13 +85,36 @@ def cells(params: dict[str, Any], seeds: list[int]) -> list[dict[str, Any]]:
 def setup(params: dict[str, Any], shared_dir: Path) -> dict[str, Any]:
     from emrl.experiments import lmkit
 
-    return lmkit.start_models(shared_dir, model=params["model"], sft_steps=params["sft_steps"])
+    return lmkit.start_models(shared_dir, model=params["model"], sft_steps=params["sft_steps"],
+                              eval_prompts=params.get("sft_eval_prompts", 100))
+
+
+def _control_cell(p: dict[str, Any], c: dict[str, Any], seed: int, workdir: Path) -> dict[str, Any]:
+    """Adaptive-η V-MPO on a control task with the rewards scaled by c (``--reward-scale``)."""
+    from emrl.errors import EmrlError
+    from emrl.experiments import lmkit
+
+    run_dir = workdir / "run"
+    try:
+        lmkit.run_cli(["control", "train", "--algo", "vmpo", "--env", p["control_env"], "--total-steps",
+                       str(p["control_steps"]), "--reward-scale", f"{c['scale']:g}", "--seed", str(seed),
+                       "--num-threads", "1", "--output-dir", str(run_dir)], workdir / "run.log")
+    except EmrlError as e:
+        return {"failed": True, "error": str(e)[-400:]}
+    rows = lmkit.read_run(run_dir)["metrics"]
+    evals = [r["eval/return"] for r in rows if r.get("eval/return") is not None]
+    curve = [[r["step"], r["estep/eta"]] for r in rows if r.get("estep/eta") is not None]
+    ess = [r["estep/ess"] for r in rows if r.get("estep/ess") is not None]
+    return {"failed": False, "final_return": evals[-1] if evals else None, "eta": curve,
+            "ess": sum(ess) / len(ess) if ess else None}
 
 
 def run_cell(cell: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
     from emrl.experiments import lmkit
 
     p, c = ctx["params"], cell["config"]
+    if c.get("part") == "control":
+        return _control_cell(p, c, cell["seed"], Path(ctx["workdir"]))
     flags = ["--max-steps", str(p["max_steps"]), "--batch-size", str(p["batch_size"]), "--eval-every", "0",
              "--eval-num-prompts", str(p["eval_prompts"]), "--eval-samples", "0", *p["train_flags"]]
     if c["shift"]:
@@ -128,6 +157,8 @@ def report(rep, records: list[dict[str, Any]], meta: dict[str, Any]) -> None:
 
     p = meta["params"]
     drop = float(p["collapse_drop"])
+    control = [r for r in records if r["config"].get("part") == "control"]
+    records = [r for r in records if r["config"].get("part") != "control"]
     rep.heading("What was run")
     rep.paragraph(
         f"V-MPO from one SFT start model (`{p['model']}`, {p['sft_steps']} SFT updates) on the default arithmetic "
@@ -248,6 +279,43 @@ def report(rep, records: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     ax.set_ylabel("temperature η (reward units)")
     ax.legend(fontsize=6)
     rep.figure(fig, "rq3_eta.png", "The adaptive temperature over training at each reward scale (one line per seed).")
+    if control:
+        rep.heading("Control contrast")
+        rep.paragraph(
+            f"Adaptive-η V-MPO (`emrl control train --algo vmpo`, the control defaults) on {p['control_env']} for "
+            f"{p['control_steps']} environment steps, rewards × c (`--reward-scale`); the control side has no "
+            "fixed-η switch, so this contrast asks only whether the adaptive dual absorbs the scale: the "
+            "temperature should move with c while the return does not.")
+        rows, ret_by = [], {}
+        for c in p["control_scales"]:
+            rs = [r for r in control if r["config"]["scale"] == float(c) and not r["result"].get("failed")]
+            if not rs:
+                continue
+            ret_by[c] = {r["seed"]: r["result"]["final_return"] for r in rs if r["result"]["final_return"] is not None}
+            etas = [r["result"]["eta"][-1][1] for r in rs if r["result"]["eta"]]
+            rows.append([f"× {c:g}", f"{len(rs)}", estimate(list(ret_by[c].values())).text() if ret_by[c] else "–",
+                         estimate(etas).text() if etas else "–",
+                         estimate([r["result"]["ess"] for r in rs if r["result"]["ess"]]).text()])
+        rep.table(["reward scale", "runs", "final evaluation return", "final η", "mean ESS"], rows,
+                  align=["l"] * 5, caption="mean [95% bootstrap interval] over seeds")
+        if 1.0 in ret_by:
+            for c in p["control_scales"]:
+                if c != 1.0 and ret_by.get(c):
+                    verdicts.append(f"{p['control_env']}: " + compare(f"reward × {c:g}", ret_by[c], "reward × 1",
+                                                                   ret_by[1.0], "final evaluation return"))
+        fig, ax = rep.new_figure()
+        for c in p["control_scales"]:
+            rs = [r for r in control if r["config"]["scale"] == float(c) and not r["result"].get("failed")]
+            for i, r in enumerate(rs):
+                pts = r["result"]["eta"]
+                ax.plot([a for a, _ in pts], [b for _, b in pts], alpha=0.7, label=f"reward × {c:g}" if i == 0 else None)
+        if ax.has_data():
+            ax.set_yscale("log")
+        ax.set_xlabel("update")
+        ax.set_ylabel("temperature η (reward units)")
+        ax.legend(fontsize=7)
+        rep.figure(fig, "rq3_control_eta.png", f"The adaptive temperature on {p['control_env']} at each reward scale "
+                   "(one line per seed).")
     rep.heading("Verdict")
     rep.bullets(verdicts + [f"Scale: {format_value(float(p['max_steps']))} updates per run on a 2-core CPU — a "
                             "small-scale answer; the gpu preset runs the same grid on a real model."])

@@ -29,7 +29,7 @@ SUMMARY = "DAR vs V-MPO weights as α/(α+β) → 0 and at π_ref = π_t; DAR at
 _COMMON = {"t": 1.0, "alpha_frac_grid": [0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 1e-3, 1e-4],
            "train_alphas": [0.1, 0.5, 0.9]}
 PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": {**_COMMON, "seeds": 1, "model": "tiny", "sft_steps": 20, "rl_steps": 2, "num_prompts": 6, "k": 4,
+    "smoke": {**_COMMON, "seeds": 1, "model": "tiny", "sft_steps": 20, "sft_eval_prompts": 10, "rl_steps": 2, "num_prompts": 6, "k": 4,
               "train_alphas": [0.5], "max_steps": 2, "batch_size": 4, "eval_prompts": 10, "kl_prompts": 4,
               "train_flags": ["--eps-alpha", "0.02"]},
     "cpu": {**_COMMON, "seeds": 3, "model": "tiny", "sft_steps": 600, "rl_steps": 30, "num_prompts": 64, "k": 8,
@@ -69,6 +69,7 @@ def setup(params: dict[str, Any], shared_dir: Path) -> dict[str, Any]:
     from emrl.experiments import lmkit
 
     return lmkit.start_models(shared_dir, model=params["model"], sft_steps=params["sft_steps"],
+                              eval_prompts=params.get("sft_eval_prompts", 100),
                               rl_steps=params["rl_steps"], rl_flags=["--eps-alpha", "0.05"])
 
 
