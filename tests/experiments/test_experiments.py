@@ -134,11 +134,13 @@ def test_rq3_smoke(tmp_path, capsys):
     rc, out, err = run(["experiment", "run", "rq3", "--preset", "smoke", "--output-dir", d], capsys)
     assert rc == 0, err
     recs, _ = read_records(d)
-    assert len(recs) == 5
+    assert len(recs) == 6
     assert all(not r["result"]["failed"] for r in recs), [r["result"] for r in recs]
     control = [r for r in recs if r["config"].get("part") == "control"]
     assert len(control) == 1 and control[0]["result"]["final_return"] > 0 and control[0]["result"]["eta"]
-    recs = [r for r in recs if r not in control]
+    dual = next(r for r in recs if r["config"].get("part") == "dual")["result"]
+    assert set(dual["scales"]) == {"0.1", "1", "10"}
+    recs = [r for r in recs if r not in control and r["config"].get("part") != "dual"]
     scales = {r["config"]["scale"] for r in recs}
     assert scales == {0.1, 10.0}
     etas = {r["config"].get("eta") for r in recs if r["config"]["mode"] == "fixed"}

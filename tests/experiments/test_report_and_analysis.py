@@ -69,6 +69,7 @@ def test_verdicts_follow_the_data():
     noisy = {0: 0.50, 1: 0.62, 2: 0.45, 3: 0.60}
     assert "within noise" in compare("adaptive", noisy, "fixed", b, "accuracy")
     assert "lower (better)" in compare("kl", b, "other", a, "KL", higher_is_better=False)
+    assert compare("kl", b, "other", a, "KL", higher_is_better=None).endswith("kl is lower; the interval excludes 0.")
     assert "single seed" in compare("x", {0: 1.0}, "y", {0: 0.0}, "m")
     d = paired_difference({0: 1.0, 1: 2.0}, {1: 1.5, 2: 0.0})  # only seed 1 is shared
     assert d.n == 1 and d.mean == 0.5

@@ -94,12 +94,13 @@ def difference(a: Sequence[float], b: Sequence[float], *, n_boot: int = N_BOOT, 
 
 
 def compare(name_a: str, a: Mapping[int, float], name_b: str, b: Mapping[int, float], metric: str, *,
-            higher_is_better: bool = True, paired: bool = True, digits: int = 3) -> str:
+            higher_is_better: bool | None = True, paired: bool = True, digits: int = 3) -> str:
     """A verdict sentence with its numbers: both arms' means with intervals, the
     (paired) difference with its interval, and whether the interval excludes 0.
 
     "… higher …" only when the interval of the difference excludes 0; otherwise the
     sentence says the difference is within noise (or that one seed cannot tell).
+    ``higher_is_better=None``: a measure with no better direction (no "better"/"worse").
     """
     ea, eb = estimate(list(a.values())), estimate(list(b.values()))
     d = paired_difference(a, b) if paired else difference(list(a.values()), list(b.values()))
@@ -110,8 +111,10 @@ def compare(name_a: str, a: Mapping[int, float], name_b: str, b: Mapping[int, fl
         return head + " — a single seed: no interval, no verdict."
     if not d.excludes(0.0):
         return head + " — within noise: the interval includes 0, so the data do not support a difference."
-    better = (d.mean > 0) == higher_is_better
     word = "higher" if d.mean > 0 else "lower"
+    if higher_is_better is None:
+        return head + f" — {name_a} is {word}; the interval excludes 0."
+    better = (d.mean > 0) == higher_is_better
     return head + f" — {name_a} is {word} ({'better' if better else 'worse'}); the interval excludes 0."
 
 

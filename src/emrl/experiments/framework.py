@@ -272,7 +272,8 @@ def run_experiment(name: str, preset: str, out_dir: str | Path, *, seeds: int | 
     if out.exists() and not out.is_dir():
         raise EmrlError(f"--output-dir {out} is a file, expected a directory")
     meta = read_meta(out) if out.exists() else None
-    if out.exists() and meta is None and any(out.iterdir()) and not overwrite:
+    # a directory holding only setup/ is a pre-seeded cache (e.g. a start model copied in)
+    if out.exists() and meta is None and any(p.name != "setup" for p in out.iterdir()) and not overwrite:
         raise EmrlError(f"--output-dir {out} is not empty and holds no emrl experiment; choose another "
                         "directory or pass --overwrite to replace its contents")
     if meta is not None and not overwrite:

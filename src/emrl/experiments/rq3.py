@@ -30,15 +30,16 @@ def constant_one(prompts, completions, **columns) -> list[float]:
     return [1.0 for _ in completions]
 
 
-_COMMON = {"scales": [0.1, 1.0, 10.0], "shift": 1.0, "fixed_etas": [0.03, 0.3, 3.0], "eps_etas": [0.1, 1.0],
+_COMMON = {"top_fraction": 0.25, "min_advantage": 0.0, "dual_scales": [0.1, 1.0, 10.0], "dual_prompts": 64,
+           "scales": [0.1, 1.0, 10.0], "shift": 1.0, "fixed_etas": [0.03, 0.3, 3.0], "eps_etas": [0.1, 1.0],
            "collapse_drop": 0.05, "control_env": "CartPole-v1", "control_scales": [0.1, 1.0, 10.0],
-           "control_steps": 20000}
+           "control_steps": 10000}
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {**_COMMON, "seeds": 1, "model": "tiny", "sft_steps": 20, "sft_eval_prompts": 10, "scales": [0.1, 10.0], "shift": None,
               "fixed_etas": [0.3],
               "eps_etas": [0.1], "max_steps": 2, "batch_size": 4, "eval_prompts": 10, "train_flags": [],
-              "control_scales": [10.0], "control_steps": 1024},
-    "cpu": {**_COMMON, "seeds": 3, "model": "tiny", "sft_steps": 600, "max_steps": 24, "batch_size": 16,
+              "control_scales": [10.0], "control_steps": 1024, "dual_prompts": 8},
+    "cpu": {**_COMMON, "seeds": 3, "model": "tiny", "sft_steps": 600, "max_steps": 12, "batch_size": 8,
             "eval_prompts": 100, "train_flags": ["--eps-alpha", "0.02"]},
     "gpu": {**_COMMON, "seeds": 3, "model": "Qwen/Qwen2.5-0.5B-Instruct", "sft_steps": 0, "max_steps": 200,
             "batch_size": 32, "eval_prompts": 200, "train_flags": ["--mixed-precision", "bf16"],
@@ -68,7 +69,7 @@ def _transform_label(t: dict[str, Any]) -> str:
 
 
 def cells(params: dict[str, Any], seeds: list[int]) -> list[dict[str, Any]]:
-    out = []
+    out = [{"key": f"dual-s{s}", "config": {"part": "dual"}, "seed": s} for s in seeds]
     for c in params.get("control_scales", []):
         for s in seeds:
             out.append({"key": f"control-x{c:g}-s{s}", "config": {"part": "control", "scale": float(c)}, "seed": s})
@@ -87,6 +88,59 @@ def setup(params: dict[str, Any], shared_dir: Path) -> dict[str, Any]:
 
     return lmkit.start_models(shared_dir, model=params["model"], sft_steps=params["sft_steps"],
                               eval_prompts=params.get("sft_eval_prompts", 100))
+
+
+def _solve_eta(adv, eps: float, rho: float, min_adv: float | None) -> float | None:
+    """The temperature at the dual's optimum: ``KL(w_η ‖ uniform over S) = ε_η`` (spec §6),
+    by bisection on log η (the KL falls monotonically as η grows); ``None`` when even
+    η → 0 cannot reach ε_η (too few distinct selected advantages)."""
+    import math
+
+    import emrl.objectives as O
+
+    def kl(eta):
+        return float(O.vmpo_weights(adv, eta, top_fraction=rho, min_advantage=min_adv)[1].kl_to_uniform)
+
+    lo, hi = math.log(1e-6), math.log(1e6)
+    if O.vmpo_weights(adv, 1.0, top_fraction=rho, min_advantage=min_adv)[1].k < 2 or kl(math.exp(lo)) < eps:
+        return None
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        if kl(math.exp(mid)) > eps:
+            lo = mid
+        else:
+            hi = mid
+    return math.exp(0.5 * (lo + hi))
+
+
+def _dual_cell(p: dict[str, Any], shared: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The E-step alone on real rollouts of the start model: per reward scale, the
+    weights' ESS at each fixed η, and the dual's optimal η and ESS at each ε_η."""
+    import emrl.objectives as O
+    from emrl.experiments import lmkit
+
+    model, tok = lmkit.load(shared["sft"])
+    prompts, items, ds = lmkit.task_items(p["dual_prompts"], seed=3000 + seed)
+    batch = lmkit.rollouts(model, tok, prompts, items, ds, k=8, seed=seed)
+    rho, min_adv = float(p["top_fraction"]), p["min_advantage"]
+    base = O.group_advantages(batch["rewards"], 8)
+    out: dict[str, Any] = {"reward_mean": float(batch["rewards"].mean()), "scales": {}}
+    for c in p["dual_scales"]:
+        adv = base * float(c)
+        row: dict[str, Any] = {"fixed": {}, "adaptive": {}}
+        for eta in p["fixed_etas"]:
+            w, info = O.vmpo_weights(adv, float(eta), top_fraction=rho, min_advantage=min_adv)
+            row["fixed"][f"{eta:g}"] = {"ess": float(info.ess), "k": info.k, "entropy": float(info.weight_entropy)}
+        for eps in p["eps_etas"]:
+            eta = _solve_eta(adv, float(eps), rho, min_adv)
+            if eta is None:
+                row["adaptive"][f"{eps:g}"] = {"eta": None, "ess": None, "k": None}
+                continue
+            _, info = O.vmpo_weights(adv, eta, top_fraction=rho, min_advantage=min_adv)
+            row["adaptive"][f"{eps:g}"] = {"eta": eta, "ess": float(info.ess), "k": info.k,
+                                           "kl": float(info.kl_to_uniform)}
+        out["scales"][f"{c:g}"] = row
+    return out
 
 
 def _control_cell(p: dict[str, Any], c: dict[str, Any], seed: int, workdir: Path) -> dict[str, Any]:
@@ -115,6 +169,8 @@ def run_cell(cell: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
     p, c = ctx["params"], cell["config"]
     if c.get("part") == "control":
         return _control_cell(p, c, cell["seed"], Path(ctx["workdir"]))
+    if c.get("part") == "dual":
+        return _dual_cell(p, ctx["shared"], cell["seed"])
     flags = ["--max-steps", str(p["max_steps"]), "--batch-size", str(p["batch_size"]), "--eval-every", "0",
              "--eval-num-prompts", str(p["eval_prompts"]), "--eval-samples", "0", *p["train_flags"]]
     if c["shift"]:
@@ -158,7 +214,61 @@ def report(rep, records: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     p = meta["params"]
     drop = float(p["collapse_drop"])
     control = [r for r in records if r["config"].get("part") == "control"]
-    records = [r for r in records if r["config"].get("part") != "control"]
+    dual = [r for r in records if r["config"].get("part") == "dual"]
+    records = [r for r in records if r["config"].get("part") not in ("control", "dual")]
+    verdicts = []
+    if dual:
+        rep.heading("The E-step alone: the dual's temperature under reward scaling")
+        rep.paragraph(
+            f"Rollouts of the SFT start model ({p['dual_prompts']} prompts × 8 samples per seed, {len(dual)} seeds), "
+            f"group-mean advantages × c; the shipped E-step (top-k ρ = {p['top_fraction']:g}, advantage threshold "
+            f"{p['min_advantage']}). Fixed η: the weights' ESS as a fraction of the selected samples. Adaptive: the "
+            "dual's optimum, solved exactly (KL(w ‖ uniform over S) = ε_η by bisection on η).")
+        rows = []
+        cs = [f"{c:g}" for c in p["dual_scales"]]
+        for eta in p["fixed_etas"]:
+            cells_ = []
+            for c in cs:
+                vals = [r["result"]["scales"][c]["fixed"][f"{eta:g}"] for r in dual]
+                fr = [v["ess"] / v["k"] for v in vals if v["k"]]
+                cells_.append(estimate(fr).text() if fr else "–")
+            rows.append([f"fixed η = {eta:g}", "ESS / selected", *cells_])
+        for eps in p["eps_etas"]:
+            e_cells, f_cells = [], []
+            for c in cs:
+                vals = [r["result"]["scales"][c]["adaptive"][f"{eps:g}"] for r in dual]
+                etas = [v["eta"] / float(c) for v in vals if v["eta"]]
+                fr = [v["ess"] / v["k"] for v in vals if v["eta"]]
+                e_cells.append(estimate(etas).text() if etas else "–")
+                f_cells.append(estimate(fr).text() if fr else "–")
+            rows.append([f"adaptive ε_η = {eps:g}", "η* / c", *e_cells])
+            rows.append([f"adaptive ε_η = {eps:g}", "ESS / selected", *f_cells])
+        rep.table(["temperature", "measure", *[f"r × {c}" for c in cs]], rows, align=["l"] * (2 + len(cs)),
+                  caption="mean [95% bootstrap interval] over seeds")
+        # invariance, computed: spread of ESS across scales, per rule
+        def spread(rule, key):
+            out = []
+            for r in dual:
+                vals = []
+                for c in cs:
+                    v = r["result"]["scales"][c][rule][key]
+                    if v.get("ess") is not None and v.get("k"):
+                        vals.append(v["ess"] / v["k"])
+                if len(vals) == len(cs):
+                    out.append(max(vals) - min(vals))
+            return out
+        for eps in p["eps_etas"]:
+            sp = spread("adaptive", f"{eps:g}")
+            if sp:
+                verdicts.append(f"E-step alone, adaptive ε_η = {eps:g}: the dual's η* scales with the reward "
+                                f"(η*/c per scale in the table) and the ESS fraction changes across scales "
+                                f"×{cs[0]}–×{cs[-1]} by at most {format_value(max(sp))} (over {len(sp)} seeds): "
+                                + ("invariant to the reward's scale." if max(sp) < 1e-6 else "not invariant."))
+        fx = {eta: spread("fixed", f"{eta:g}") for eta in p["fixed_etas"]}
+        parts = [f"η = {eta:g}: {estimate(v).text()}" for eta, v in fx.items() if v]
+        if parts:
+            verdicts.append("E-step alone, fixed η: range of the ESS fraction across reward scales (mean over "
+                            "seeds) — " + "; ".join(parts) + "; a fixed η tuned at one scale weights differently at another.")
     rep.heading("What was run")
     rep.paragraph(
         f"V-MPO from one SFT start model (`{p['model']}`, {p['sft_steps']} SFT updates) on the default arithmetic "
@@ -196,7 +306,6 @@ def report(rep, records: list[dict[str, Any]], meta: dict[str, Any]) -> None:
               align=["l"] * 8, caption="mean [95% bootstrap interval] over seeds")
 
     # best fixed eta per transform, and the invariance question
-    verdicts = []
 
     def acc_by_seed(tl, ml):
         return {s: x["final_accuracy"] for s, x in summ.get((tl, ml), []) if not x["failed"]}

@@ -214,7 +214,7 @@ def report(rep, records: list[dict[str, Any]], meta: dict[str, Any]) -> None:
                 if not d:
                     continue
                 for metric, key, hib in (("final held-out accuracy", "final_accuracy", True),
-                                         ("KL to the reference (nats/completion)", "kl_ref", False)):
+                                         ("KL to the reference (nats/completion)", "kl_ref", None)):
                     a = {r["seed"]: r["result"].get(key) for r in d}
                     b = {r["seed"]: r["result"].get(key) for r in vm}
                     if any(v is None for v in [*a.values(), *b.values()]):
