@@ -188,7 +188,9 @@ def report(rep, records: list[dict[str, Any]], meta: dict[str, Any]) -> None:
             f"From the SFT start model, {p['max_steps']} updates of {p['batch_size']} prompts × 8 samples each, "
             f"extra flags `{' '.join(p['train_flags'])}`; held-out greedy accuracy on {p['eval_prompts']} prompts; "
             f"KL(π_final ‖ π_ref) estimated per completion (nats) from {p['kl_prompts']} held-out prompts × 4 "
-            "samples of the final policy. V-MPO: fixed η = t, ρ = 1, no advantage threshold (DAR's α → 0 limit).")
+            "samples of the final policy. V-MPO: fixed η = t, ρ = 1, no advantage threshold — DAR's α → 0 limit, "
+            "not the shipped V-MPO (top-k ρ = 0.25, adaptive η); DAR: the shipped weight clip "
+            "(`--dar-clip-max 20`). Both under the same KL trust region per update.")
         by_arm = {}
         rows = []
         for arm in arms:
