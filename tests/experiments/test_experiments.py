@@ -13,21 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+from bad_input_helpers import run_cli as run
 
 from emrl.cli import main
 from emrl.experiments.framework import META, RECORDS, read_records
 
 CLI = "import sys; from emrl.cli import main; sys.exit(main())"
-
-
-def run(args, capsys):
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in args])
-    except SystemExit as e:
-        rc = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def lines(path: Path) -> list[str]:

@@ -6,17 +6,8 @@ import argparse
 import shlex
 import sys
 
+from emrl.cli import _positive_int
 from emrl.errors import EmrlError
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

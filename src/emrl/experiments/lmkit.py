@@ -101,6 +101,16 @@ def start_models(shared_dir: Path, *, model: str = "tiny", sft_steps: int, rl_st
     return out
 
 
+def setup_models(params: dict[str, Any], setup_dir: Path, *, moved: bool) -> dict[str, str]:
+    """An experiment's ``setup``: :func:`start_models` from its preset's ``model``,
+    ``sft_steps``, ``sft_eval_prompts`` and (``moved``) ``rl_steps`` (V-MPO at a KL
+    budget of 0.05 per update, so the moved policy is measurably away from π_ref)."""
+    return start_models(setup_dir, model=params["model"], sft_steps=params["sft_steps"],
+                        eval_prompts=params.get("sft_eval_prompts", 100),
+                        rl_steps=params["rl_steps"] if moved else 0,
+                        rl_flags=["--eps-alpha", "0.05"] if moved else None)
+
+
 def train_rl(run_dir: Path, model: str | Path, algo: str, flags: list[str], *, seed: int) -> dict[str, Any]:
     """``emrl lm train --algo ALGO`` from ``model`` into ``run_dir``; returns :func:`read_run`."""
     argv = ["lm", "train", "--algo", algo, "--model", str(model), "--seed", str(seed), "--output-dir",

@@ -55,9 +55,7 @@ def cells(params: dict[str, Any], seeds: list[int]) -> list[dict[str, Any]]:
 def setup(params: dict[str, Any], shared_dir: Path) -> dict[str, Any]:
     from emrl.experiments import lmkit
 
-    return lmkit.start_models(shared_dir, model=params["model"], sft_steps=params["sft_steps"],
-                              eval_prompts=params.get("sft_eval_prompts", 100),
-                              rl_steps=params["rl_steps"], rl_flags=["--eps-alpha", "0.05"])
+    return lmkit.setup_models(params, shared_dir, moved=True)
 
 
 def run_cell(cell: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
