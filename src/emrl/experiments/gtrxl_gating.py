@@ -103,7 +103,8 @@ def run_cell(cell: dict, ctx: dict) -> dict:
     if mp.exists():
         rows = [json.loads(x) for x in mp.read_text().splitlines() if x.strip()]
         evals = [(int(r["samples"]), float(r["eval/return"])) for r in rows if "eval/return" in r]
-        gns = [float(r["mstep/grad_norm"]) for r in rows if "mstep/grad_norm" in r]
+        gns = [float(r.get("mstep/grad_norm", r.get("grad_norm"))) for r in rows
+               if "mstep/grad_norm" in r or "grad_norm" in r]  # (the metric's old and new name)
         grad_max = max(gns) if gns else None
     if rc != 0:
         low = text.lower()

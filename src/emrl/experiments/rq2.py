@@ -75,7 +75,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "outcome": [{**_CARTPOLE, "eval_every": 5000, "eval_episodes": 10},
                     {**_BREAKOUT, "eval_every": 25_000, "eval_episodes": 10}],
         "lm": {"sft_steps": 600, "methods": ["vmpo", "ppo-token", "ppo-sequence", "rs-sft"], "train_steps": 30,
-               "eval_every": 10, "eval_prompts": 200},
+               "eval_every": 15, "eval_prompts": 200},
         "seeds": 3,
     },
     "gpu": {
