@@ -119,6 +119,12 @@ def _env_key(o: dict) -> str:
     return f"{o['env'].replace('/', '_').replace(':', '_')}-{o['core']}"
 
 
+GPU_NOTE = ("The `gpu` preset (not run here) adds LunarLander-v3 (1M steps), MinAtar Breakout and "
+            "SpaceInvaders with the MLP (5M steps) and with GTrXL at spec §8's hyperparameters (ResNet torso, "
+            "previous reward and action, embedding 256, 8 layers, 4 heads, key/value 32, MLP 512, unroll 63, "
+            "batch 128, Adam 1e-4 fixed, gradient clip 40), and Atari Pong / SpaceInvaders with the same GTrXL "
+            "(50M steps), 5 seeds, on CUDA; the LM part runs 300 updates.")
+
 def cells(params: dict, seeds: list[int]) -> list[dict]:
     out = []
     for s in seeds:
@@ -428,6 +434,10 @@ def report(rep, records: list[dict], meta: dict) -> None:
             if a and b:
                 verdicts.append(compare("V-MPO", a, "PPO", b, f"{o['env']} ({o['core']}) final evaluation return "
                                                               f"after {o['total_steps']} env steps"))
+        covered = ", ".join(f"{env} ({core})" for env, core in envs)
+        rep.paragraph(f"This preset (`{meta['preset']}`) covers {covered}"
+                      + (" and the LM task" if params.get("lm") else "")
+                      + ". V-MPO runs at a fixed learning rate (spec §8), PPO with emrl's annealed default.")
         rep.table(["env", "core", "algo", "env steps", "seeds", "final eval return", "mean eval return over training"],
                   rows, align=["l", "l", "l", "r", "r", "r", "r"])
         fig, axes = rep.new_figure(ncols=max(1, len(envs)))
@@ -474,5 +484,6 @@ def report(rep, records: list[dict], meta: dict) -> None:
             other = _seed_map(_by(lmr, method=mth), "accuracy_final")
             if base and other:
                 verdicts.append(compare("V-MPO", base, mth, other, "LM final held-out accuracy"))
+    rep.paragraph(GPU_NOTE)
     rep.heading("Verdict")
     rep.bullets(verdicts or ["No verdict: the records hold no complete comparison."])

@@ -64,6 +64,12 @@ CLIP_EPS = 0.2
 
 
 # ----------------------------------------------------------------------------- grid
+GPU_NOTE = ("The `gpu` preset (not run here) keeps the LM grid with all four dropout rates in training, "
+            "300 updates and 5 seeds, and adds the control analogue: GTrXL + V-MPO on MinAtar SpaceInvaders "
+            "with spec §8's hyperparameters (configs/minatar_spaceinvaders_gtrxl_vmpo.yaml: ResNet torso, "
+            "previous reward and action inputs, embedding 256, 8 layers, 4 heads, key/value 32, MLP 512, unroll "
+            "63, batch 128, Adam 1e-4 fixed) with core dropout 0 and 0.1, 10M env steps.")
+
 def cells(params: dict, seeds: list[int]) -> list[dict]:
     out = []
     for s in seeds:
@@ -417,5 +423,6 @@ def report(rep, records: list[dict], meta: dict) -> None:
         rep.heading("Control analogue: GTrXL + V-MPO on MinAtar SpaceInvaders")
         rows = [[f"{p:g}", txt(est(_by(controls, p=p), "return_final"))] for p in sorted({r["config"]["p"] for r in controls})]
         rep.table(["core dropout p", "final evaluation return"], rows)
+    rep.paragraph(GPU_NOTE)
     rep.heading("Verdict")
     rep.bullets(verdicts or ["No verdict: the records hold no complete comparison."])
