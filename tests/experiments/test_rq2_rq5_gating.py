@@ -56,6 +56,10 @@ def test_rq2_smoke_records_per_update_mechanism_and_outcome(tmp_path, capsys):
         outcome = recs[f"outcome-CartPole-v1-mlp-{algo}-s0"]["result"]
         assert outcome["samples"] == 512 and np.isfinite(outcome["final"])
     assert recs["mech-vmpo-s0"]["result"]["eps_alpha"] == 0.01
+    # the LM arms: V-MPO measures its realised KL against ε_α; rejection-sampling SFT has no trust region
+    vm, rs = recs["lm-vmpo-s0"]["result"], recs["lm-rs-sft-s0"]["result"]
+    assert vm["kl_budget_used_mean"] is not None and rs["kl_budget_used_mean"] is None
+    assert 0.0 <= vm["accuracy_final"] <= 1.0 and 0.0 <= rs["accuracy_final"] <= 1.0
     report = (out / "report.md").read_text()
     assert "Mechanism per update" in report and "Outcome at matched env steps" in report
     assert "Boltzmann" in report  # says plainly what is not measured
