@@ -144,6 +144,8 @@ def _rate(k: int, n: int) -> str:
 
 
 def report(rep, records: list[dict], meta: dict) -> None:
+    from emrl.experiments.recordtools import mean_curve
+
     params = meta["params"]
     variants = [v for v in params["variants"] if any(r["config"]["variant"] == v for r in records)]
     lrs = params["lrs"]
@@ -200,9 +202,7 @@ def report(rep, records: list[dict], meta: dict) -> None:
         rs = [r for r in records if r["config"]["variant"] == v and r["result"]["evals"]]
         if not rs:
             continue
-        steps = sorted({s for r in rs for s, _ in r["result"]["evals"]})
-        mean = [sum(val for r in rs for s2, val in r["result"]["evals"] if s2 == s)
-                / max(1, sum(1 for r in rs for s2, _ in r["result"]["evals"] if s2 == s)) for s in steps]
+        steps, mean = mean_curve([r["result"]["evals"] for r in rs])
         ax.plot(steps, mean, marker=".", label=v)
     ax.set_xlabel("env steps")
     ax.set_ylabel("evaluation return (mean over runs)")

@@ -127,6 +127,7 @@ GPU_NOTE = ("The `gpu` preset (not run here) adds LunarLander-v3 (1M steps), Min
             "batch 128, Adam 1e-4 fixed, gradient clip 40), and Atari Pong / SpaceInvaders with the same GTrXL "
             "(50M steps), 5 seeds, on CUDA; the LM part runs 300 updates.")
 
+
 def cells(params: dict, seeds: list[int]) -> list[dict]:
     out = []
     for s in seeds:
@@ -332,21 +333,11 @@ def _lm(cell: dict, ctx: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- report
-def _by(records, **match):
-    return [r for r in records if all(r["config"].get(k) == v for k, v in match.items())]
-
-
-def _seed_map(records, key):
-    out = {}
-    for r in records:
-        v = r["result"].get(key)
-        if isinstance(v, (int, float)) and v is not None and math.isfinite(float(v)):
-            out[int(r["seed"])] = float(v)
-    return out
-
-
 def report(rep, records: list[dict], meta: dict) -> None:
     from emrl.experiments.analysis import compare, estimate
+    from emrl.experiments.recordtools import by_config as _by
+    from emrl.experiments.recordtools import mean_curve
+    from emrl.experiments.recordtools import seed_map as _seed_map
 
     params = meta["params"]
 
@@ -449,9 +440,7 @@ def report(rep, records: list[dict], meta: dict) -> None:
                 rs = [r for r in _by(outc, algo=al, env=env, core=core) if r["result"]["evals"]]
                 if not rs:
                     continue
-                steps = sorted({s for r in rs for s, _ in r["result"]["evals"]})
-                mean = [sum(v for r in rs for s2, v in r["result"]["evals"] if s2 == s)
-                        / max(1, sum(1 for r in rs for s2, _ in r["result"]["evals"] if s2 == s)) for s in steps]
+                steps, mean = mean_curve([r["result"]["evals"] for r in rs])
                 ax.plot(steps, mean, marker=".", label=al)
             ax.set_title(f"{env} ({core})", fontsize=9)
             ax.set_xlabel("env steps")

@@ -252,21 +252,11 @@ def _json(obj: Any) -> str:
 
 
 # ----------------------------------------------------------------------------- report
-def _by(records: list[dict], **match) -> list[dict]:
-    return [r for r in records if all(r["config"].get(k) == v for k, v in match.items())]
-
-
-def _seed_map(records: list[dict], key: str) -> dict[int, float]:
-    out = {}
-    for r in records:
-        v = r["result"].get(key)
-        if v is not None and isinstance(v, (int, float)) and math.isfinite(float(v)):
-            out[int(r["seed"])] = float(v)
-    return out
-
-
 def report(rep, records: list[dict], meta: dict) -> None:
     from emrl.experiments.analysis import compare, estimate
+    from emrl.experiments.recordtools import by_config as _by
+    from emrl.experiments.recordtools import mean_curve
+    from emrl.experiments.recordtools import seed_map as _seed_map
 
     params = meta["params"]
 
@@ -372,9 +362,7 @@ def report(rep, records: list[dict], meta: dict) -> None:
                 curves = [r["result"]["eval_curve"] for r in rs if r["result"].get("eval_curve")]
                 if not curves:
                     continue
-                steps = sorted({s for c in curves for s, _ in c})
-                means = [sum(v for c in curves for s2, v in c if s2 == s) / max(1, sum(1 for c in curves for s2, _ in c if s2 == s))
-                         for s in steps]
+                steps, means = mean_curve(curves)
                 ax.plot(steps, means, marker=".", label=f"{algo} p={p:g}")
         ax.set_xlabel("update")
         ax.set_ylabel("held-out greedy accuracy (fraction)")
