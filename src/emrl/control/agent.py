@@ -77,12 +77,13 @@ class Agent(nn.Module):
         super().__init__()
         core_kwargs = dict(core_kwargs or {})
         self.obs_shape = obs_shape(observation_space)
-        self.image = is_image_space(observation_space)
+        # uint8 [C, H, W] images; with encoder="resnet" also float/bool [C, H, W] grids (MinAtar)
+        self.image = is_image_space(observation_space) or (encoder == "resnet" and len(self.obs_shape) == 3)
         if encoder not in ENCODERS:
             raise ConfigError(f"encoder must be one of {list(ENCODERS)}, got {encoder!r}")
         if encoder != "nature" and not self.image:
             raise ConfigError(
-                f"encoder={encoder!r} needs image observations (uint8 [C, H, W]), got "
+                f"encoder={encoder!r} needs image observations ([C, H, W]), got "
                 f"{observation_space}; leave encoder='nature' (unused for vector observations)"
             )
         self.encoder_name = encoder

@@ -11,7 +11,8 @@
   84×84, 4 stacked frames, sticky actions p=0.25 as ALE v5); ``popgym-<Name>-v0``
   (extra ``memory``); ``bsuite/memory_len/<id>`` through a dm_env adapter (extra
   ``memory``); your own envs as ``module:EnvId`` (a module that registers ``EnvId``) or
-  ``module:EnvClass`` (a ``gymnasium.Env`` subclass). Unknown ids get close-match
+  ``module:EnvClass`` (a ``gymnasium.Env`` subclass); MinAtar as ``minatar:<game>`` or
+  ``MinAtar/<Game>-v1`` (extra ``minatar``, :mod:`emrl.control.minatar`). Unknown ids get close-match
   suggestions.
 * Discrete / MultiDiscrete observations are one-hot encoded (concatenated).
 * :class:`RunningMeanStd` normalises observations (state kept in checkpoints).
@@ -28,6 +29,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from emrl.control.minatar import check_minatar_id, is_minatar_id, make_minatar
 from emrl.errors import EmrlError, close_matches
 
 ATARI_PREFIX = "ALE/"
@@ -60,7 +62,8 @@ CUSTOM_NAMESPACE = "emrl-custom"
 
 def is_custom_env_id(env_id: str) -> bool:
     """Whether ``env_id`` names a module to import (``module:EnvId`` / ``module:EnvClass``)."""
-    return ":" in env_id and not env_id.startswith((ATARI_PREFIX, POPGYM_PREFIX, BSUITE_PREFIX))
+    return ":" in env_id and not env_id.startswith((ATARI_PREFIX, POPGYM_PREFIX, BSUITE_PREFIX)) \
+        and not is_minatar_id(env_id)
 
 
 def resolve_env_id(env_id: str) -> str:
@@ -102,6 +105,8 @@ def check_env_id(env_id: str) -> None:
 
         parse_bsuite_id(env_id)
         return
+    if is_minatar_id(env_id):
+        return check_minatar_id(env_id)
     env_id = resolve_env_id(env_id)
     _ensure_registered(env_id)
     if env_id in gym.registry:
@@ -151,6 +156,8 @@ def _make_single(env_id: str, render_mode: str | None = None, **kwargs: Any) -> 
         from emrl.control.bsuite_adapter import make_bsuite
 
         return make_bsuite(env_id)
+    if is_minatar_id(env_id):
+        return make_minatar(env_id, render_mode=render_mode, **kwargs)
     if env_id.startswith(ATARI_PREFIX):
         if render_mode is not None:
             kwargs["render_mode"] = render_mode

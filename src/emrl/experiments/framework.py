@@ -52,9 +52,12 @@ from emrl.errors import EmrlError
 
 #: experiment name -> module (imported lazily)
 EXPERIMENTS: dict[str, str] = {
+    "gtrxl-gating": "emrl.experiments.gtrxl_gating",
     "rq1": "emrl.experiments.rq1",
+    "rq2": "emrl.experiments.rq2",
     "rq3": "emrl.experiments.rq3",
     "rq4": "emrl.experiments.rq4",
+    "rq5": "emrl.experiments.rq5",
 }
 
 PRESET_NAMES = ("smoke", "cpu", "gpu")
