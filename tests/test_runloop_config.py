@@ -11,7 +11,13 @@ from emrl import config as C
 from emrl.config import add_config_args, build_config, cfg_field, from_dict, with_aliases
 from emrl.errors import CheckpointError, ConfigError
 from emrl.rundir import RunDir
-from emrl.runloop import Cadence, check_resume, load_resume_checkpoint, resume_config_values, write_checkpoint
+from emrl.runloop import (
+    Cadence,
+    check_resume,
+    load_resume_checkpoint,
+    resume_config_values,
+    write_checkpoint,
+)
 
 
 @with_aliases
