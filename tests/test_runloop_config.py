@@ -94,7 +94,7 @@ def test_write_checkpoint_prunes_and_resume_checks(tmp_path):
     assert sorted(p.name for p in run.path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
     path, state, meta = load_resume_checkpoint(run, {"env": "E"})
     assert path.name == "checkpoint-3" and state == {"x": 3} and meta["step"] == 3
-    with pytest.raises(CheckpointError, match="env='E', but this run has env='F'"):
+    with pytest.raises(CheckpointError, match="trained with env='E', but this run has env='F'"):
         load_resume_checkpoint(run, {"env": "F"})
     with pytest.raises(CheckpointError, match="no complete checkpoint"):
         load_resume_checkpoint(RunDir(tmp_path / "empty"), {})

@@ -95,7 +95,7 @@ def load_resume_checkpoint(run: RunDir, expected: dict[str, Any], *, trust_pickl
     for k, v in expected.items():
         if meta.get(k) != v:
             raise CheckpointError(
-                f"checkpoint {path} was written by a run with {k}={meta.get(k)!r}, but this run has "
+                f"checkpoint {path} was trained with {k}={meta.get(k)!r}, but this run has "
                 f"{k}={v!r}; resume with the same {k} or start a new run")
     return path, state, meta
 
