@@ -27,109 +27,17 @@ Modules:
   entropy, approximate KL (spec §4).
 """
 
+import emrl.objectives.duals as _duals
+import emrl.objectives.estep as _estep
+import emrl.objectives.mstep as _mstep
+import emrl.objectives.ppo as _ppo
+import emrl.objectives.returns as _returns
 from emrl.objectives._checks import checks, checks_enabled, masked_mean, masked_sum
-from emrl.objectives.duals import DUAL_SCHEDULES, Duals
-from emrl.objectives.estep import (
-    TEMPERATURE_PARAMS,
-    DARInfo,
-    NBestInfo,
-    SoftTarget,
-    VMPOInfo,
-    WeightInfo,
-    awr_weights,
-    dar_weights,
-    delta_target,
-    distillation_target,
-    inverse_temperature_param,
-    label_smoothing_target,
-    nbest_weights,
-    temperature,
-    vmpo_estep,
-    vmpo_topk,
-    vmpo_weights,
-    weight_stats,
-)
-from emrl.objectives.mstep import (
-    NLL_REDUCTIONS,
-    AlphaInfo,
-    NLLInfo,
-    alpha_trust_region,
-    categorical_kl,
-    gaussian_kl_decoupled,
-    kl_k1,
-    kl_k2,
-    kl_k3,
-    soft_target_nll,
-    token_logprobs,
-    weighted_nll,
-)
-from emrl.objectives.ppo import (
-    PPOInfo,
-    ValueInfo,
-    approx_kl,
-    entropy_from_logits,
-    ppo_clip_loss,
-    value_loss,
-)
-from emrl.objectives.returns import (
-    discounted_returns,
-    gae,
-    group_advantages,
-    normalize_advantages,
-    nstep_targets,
-)
+from emrl.objectives.duals import *  # noqa: F403
+from emrl.objectives.estep import *  # noqa: F403  (V-MPO, AWR, DAR, SFT targets, positive maps)
+from emrl.objectives.mstep import *  # noqa: F403  (log-probs, NLL, KL, trust region)
+from emrl.objectives.ppo import *  # noqa: F403
+from emrl.objectives.returns import *  # noqa: F403
 
-__all__ = [
-    # helpers
-    "checks",
-    "checks_enabled",
-    "masked_mean",
-    "masked_sum",
-    # returns
-    "discounted_returns",
-    "nstep_targets",
-    "gae",
-    "group_advantages",
-    "normalize_advantages",
-    # duals and their positive maps
-    "DUAL_SCHEDULES",
-    "Duals",
-    "TEMPERATURE_PARAMS",
-    "temperature",
-    "inverse_temperature_param",
-    "VMPOInfo",
-    "vmpo_topk",
-    "vmpo_weights",
-    "vmpo_estep",
-    "WeightInfo",
-    "awr_weights",
-    "DARInfo",
-    "dar_weights",
-    "SoftTarget",
-    "delta_target",
-    "label_smoothing_target",
-    "NBestInfo",
-    "nbest_weights",
-    "distillation_target",
-    "weight_stats",
-    # M-step
-    "token_logprobs",
-    "NLLInfo",
-    "NLL_REDUCTIONS",
-    "weighted_nll",
-    "soft_target_nll",
-    "categorical_kl",
-    "kl_k1",
-    "kl_k2",
-    "kl_k3",
-    "AlphaInfo",
-    "alpha_trust_region",
-    "gaussian_kl_decoupled",
-    # PPO
-    "PPOInfo",
-    "ppo_clip_loss",
-    "ValueInfo",
-    "value_loss",
-    "entropy_from_logits",
-    "approx_kl",
-]
+__all__ = ["checks", "checks_enabled", "masked_mean", "masked_sum",
+           *_returns.__all__, *_duals.__all__, *_estep.__all__, *_mstep.__all__, *_ppo.__all__]

@@ -34,41 +34,19 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+# the other E-steps and the positive maps, importable from here as before the split
+import emrl.objectives.awr_dar as _awr_dar
+import emrl.objectives.positive as _positive
+import emrl.objectives.sft_targets as _sft_targets
 from emrl.objectives._checks import check_positive, check_tensor, check_unit_interval, to_float
 from emrl.objectives._weights import adv_mask, masked_softmax, weight_stats, wide
+from emrl.objectives.awr_dar import *  # noqa: F403
+from emrl.objectives.positive import *  # noqa: F403
+from emrl.objectives.positive import temperature
+from emrl.objectives.sft_targets import *  # noqa: F403
 
-# the other E-steps and the positive maps, importable from here as before the split
-from emrl.objectives.awr_dar import DARInfo, WeightInfo, awr_weights, dar_weights
-from emrl.objectives.positive import TEMPERATURE_PARAMS, inverse_temperature_param, temperature
-from emrl.objectives.sft_targets import (
-    NBestInfo,
-    SoftTarget,
-    delta_target,
-    distillation_target,
-    label_smoothing_target,
-    nbest_weights,
-)
-
-__all__ = [
-    "TEMPERATURE_PARAMS",
-    "temperature",
-    "inverse_temperature_param",
-    "VMPOInfo",
-    "vmpo_topk",
-    "vmpo_weights",
-    "vmpo_estep",
-    "WeightInfo",
-    "awr_weights",
-    "DARInfo",
-    "dar_weights",
-    "SoftTarget",
-    "delta_target",
-    "label_smoothing_target",
-    "NBestInfo",
-    "nbest_weights",
-    "distillation_target",
-    "weight_stats",
-]
+__all__ = ["VMPOInfo", "vmpo_topk", "vmpo_weights", "vmpo_estep", "weight_stats",
+           *_positive.__all__, *_awr_dar.__all__, *_sft_targets.__all__]
 
 
 # ------------------------------------------------------------------------------ V-MPO

@@ -23,6 +23,8 @@ import torch
 import torch.utils.checkpoint
 from torch import Tensor
 
+# the KL estimators and the trust-region dual, importable from here as before the split
+import emrl.objectives.trust_region as _trust_region
 from emrl.objectives._checks import (
     check_choice,
     check_chunk_size,
@@ -35,32 +37,10 @@ from emrl.objectives._checks import (
     upcast,
 )
 from emrl.objectives.sft_targets import SoftTarget
+from emrl.objectives.trust_region import *  # noqa: F403
 
-# the KL estimators and the trust-region dual, importable from here as before the split
-from emrl.objectives.trust_region import (
-    AlphaInfo,
-    alpha_trust_region,
-    categorical_kl,
-    gaussian_kl_decoupled,
-    kl_k1,
-    kl_k2,
-    kl_k3,
-)
-
-__all__ = [
-    "token_logprobs",
-    "NLLInfo",
-    "NLL_REDUCTIONS",
-    "weighted_nll",
-    "soft_target_nll",
-    "categorical_kl",
-    "kl_k1",
-    "kl_k2",
-    "kl_k3",
-    "AlphaInfo",
-    "alpha_trust_region",
-    "gaussian_kl_decoupled",
-]
+__all__ = ["token_logprobs", "NLLInfo", "NLL_REDUCTIONS", "weighted_nll", "soft_target_nll",
+           *_trust_region.__all__]
 
 # ---------------------------------------------------------------------- log-probs / NLL
 
