@@ -120,6 +120,8 @@ def main() -> int:
                     help="runs in parallel, one process each (each uses one torch thread)")
     ap.add_argument("--dual-schedule", choices=["update", "minibatch"], default=None,
                     help="V-MPO's dual_schedule (default: the library default); recorded in the config line")
+    ap.add_argument("--dual-lr", type=float, default=None,
+                    help="V-MPO's dual_lr (default: the library default); recorded in the config line")
     ap.add_argument("--replot", action="store_true",
                     help="only redraw the PNG of the preset's existing record (or --out) from its curves")
     args = ap.parse_args()
@@ -140,6 +142,8 @@ def main() -> int:
     overrides = dict(p["overrides"])
     if args.dual_schedule:
         overrides["dual_schedule"] = args.dual_schedule
+    if args.dual_lr is not None:
+        overrides["dual_lr"] = args.dual_lr
     jobs = [(p["env"], algo, seed, total, overrides) for algo in algos for seed in args.seeds]
     results = []
 
