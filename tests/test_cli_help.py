@@ -92,7 +92,7 @@ def test_lm_sft_eval_demo_and_control_help(capsys):
     demo = " ".join(_help(capsys, "demo", "--help").split())
     assert "--quick" in demo and "--sft-max-steps N" in demo and "--rl-max-steps N" in demo
     ctrl = _sections(_help(capsys, "control", "train", "--help"))
-    assert "--clip-coef" in ctrl["PPO (--algo ppo)"] and "--eps-eta" in ctrl["V-MPO (--algo vmpo)"]
+    assert "--clip-eps" in ctrl["PPO (--algo ppo)"] and "--eps-eta" in ctrl["V-MPO (--algo vmpo)"]
     assert "--core" in ctrl["core / network"] and "--env" in ctrl["environment & run"]
     assert "PPO (--algo ppo)" not in _sections(_help(capsys, "control", "train", "--algo", "vmpo", "--help"))
     assert "--core {mlp,lstm,trxl,trxl-i,gtrxl}" in " ".join(_help(capsys, "control", "train", "--help").split())
