@@ -29,11 +29,11 @@ from torch.utils.checkpoint import checkpoint
 
 from emrl import objectives as O
 from emrl.errors import ConfigError
-from emrl.lm.trainer import ForwardOut
+from emrl.lm.forward import ForwardOut
 
 if TYPE_CHECKING:  # pragma: no cover
-    from emrl.lm.algorithms import Batch
-    from emrl.lm.trainer import LMTrainer
+    from emrl.lm.context import LoopContext
+    from emrl.lm.rollout import Batch
 
 
 @dataclass
@@ -120,31 +120,32 @@ def head_terms(hidden: Tensor, head: nn.Linear, input_ids: Tensor, completion_ma
     return logp, kl, m
 
 
-def forward(trainer: LMTrainer, batch: Batch, *, train: bool, need_logits: bool = False,
+def forward(ctx: LoopContext, batch: Batch, *, train: bool, need_logits: bool = False,
             need_values: bool = False, grad: bool = True) -> ChunkedOut:
-    """:meth:`LMTrainer.forward` with ``logp_chunk_size`` set (see the module docstring).
+    """:meth:`emrl.lm.context.LoopContext.forward` with ``logp_chunk_size`` set (see the
+    module docstring).
 
     The π_old pass of a rollout (no gradient, logits wanted for the exact KL) stores
-    ``batch["old_hidden"]`` and a snapshot of the output layer on the trainer; M-step
+    ``batch["old_hidden"]`` and a snapshot of the output layer on the context; M-step
     passes over such a batch return ``kl_old``.
     """
     import contextlib
 
-    cs = int(trainer.cfg.logp_chunk_size)
-    trainer.policy.train(train)
-    ctx = contextlib.nullcontext() if grad else torch.no_grad()
-    _, head = split_model(trainer.unwrapped)
+    cs = int(ctx.cfg.logp_chunk_size)
+    ctx.policy.train(train)
+    grad_ctx = contextlib.nullcontext() if grad else torch.no_grad()
+    _, head = split_model(ctx.unwrapped)
     old = None
-    if grad and "old_hidden" in batch and getattr(trainer, "_old_head", None) is not None:
-        old = (batch["old_hidden"], *trainer._old_head)
-    with ctx:
-        hidden, values = trainer.policy(batch["input_ids"], batch["attention_mask"], need_values,
-                                        hidden_only=True)
+    if grad and "old_hidden" in batch and getattr(ctx, "_old_head", None) is not None:
+        old = (batch["old_hidden"], *ctx._old_head)
+    with grad_ctx:
+        hidden, values = ctx.policy(batch["input_ids"], batch["attention_mask"], need_values,
+                                    hidden_only=True)
         logp, kl, m = head_terms(hidden, head, batch["input_ids"], batch["completion_mask"], cs, old)
     if not grad and need_logits:
         batch["old_hidden"] = hidden.detach()
-        trainer._old_head = (head.weight.detach().clone(),
-                             None if head.bias is None else head.bias.detach().clone())
+        ctx._old_head = (head.weight.detach().clone(),
+                         None if head.bias is None else head.bias.detach().clone())
     vals = None
     if values is not None:
         vals = torch.cat([torch.zeros_like(values[:, :1]), values[:, :-1]], dim=1)
