@@ -42,9 +42,9 @@ PRESETS: dict[str, dict] = {
         # rl-zoo's LunarLander PPO hyperparameters (16 envs x 1024 steps, minibatch 64,
         # 4 epochs, γ 0.999, λ 0.98, entropy 0.01, constant lr 3e-4 and clip 0.2)
         "overrides": {"num_envs": 16, "unroll_length": 1024, "gamma": 0.999, "gae_lambda": 0.98,
-                      "epochs": 4, "num_minibatches": 256, "lr": 3e-4, "anneal_lr": False,
+                      "epochs": 4, "num_minibatches": 256, "learning_rate": 3e-4, "anneal_lr": False,
                       "ent_coef": 0.01, "anneal_clip": False, "eval_every": 50_000,
-                      "eval_episodes": 10, "checkpoint_every": 0},
+                      "eval_episodes": 10, "save_every": 0},
     },
     "pendulum": {
         "env": "Pendulum-v1", "algos": ["vmpo"], "total_steps": 300_000, "target": -200.0,
@@ -118,6 +118,8 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="markdown record (default benchmarks/results/control_<preset>.md)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs in parallel, one process each (each uses one torch thread)")
+    ap.add_argument("--dual-schedule", choices=["update", "minibatch"], default=None,
+                    help="V-MPO's dual_schedule (default: the library default); recorded in the config line")
     ap.add_argument("--replot", action="store_true",
                     help="only redraw the PNG of the preset's existing record (or --out) from its curves")
     args = ap.parse_args()
@@ -135,7 +137,10 @@ def main() -> int:
         plot_curves(read_record(out), title, p["target"], out.with_suffix(".png"))
         print(f"wrote {out.with_suffix('.png')}")
         return 0
-    jobs = [(p["env"], algo, seed, total, p["overrides"]) for algo in algos for seed in args.seeds]
+    overrides = dict(p["overrides"])
+    if args.dual_schedule:
+        overrides["dual_schedule"] = args.dual_schedule
+    jobs = [(p["env"], algo, seed, total, overrides) for algo in algos for seed in args.seeds]
     results = []
 
     def done(r: dict) -> None:
@@ -160,7 +165,8 @@ def main() -> int:
         f"Command: `{cmd}` (from the repository root, `.venv/bin/python`).",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs shared with other jobs (figures taken under contention), "
         f"torch threads = {ControlConfig().num_threads}, {args.jobs} run(s) at a time; recorded {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
-        f"Config: library defaults plus `{json.dumps(p['overrides'])}`; total {total} env steps.",
+        f"Config: library defaults (V-MPO dual_schedule={ControlConfig().dual_schedule!r} unless set here) plus "
+        f"`{json.dumps(overrides)}`; total {total} env steps.",
         f"Evaluation: mean undiscounted return of {p['overrides'].get('eval_episodes', 10)} episodes with the policy's mode (deterministic), "
         f"every {p['overrides'].get('eval_every')} env steps and at the end. Target: {p['target']}.",
         "",

@@ -41,7 +41,7 @@ from emrl.metrics import read_metrics  # noqa: E402
 def emrl_sps(env: str, steps: int, threads: int, algo: str = "ppo") -> tuple[float, float]:
     """(wall-clock steps/s, CPU-time steps/s)."""
     cfg = ControlConfig(algo=algo, env=env, total_steps=steps, eval_every=0, eval_episodes=1,
-                        checkpoint_every=0, num_threads=threads, seed=0)
+                        save_every=0, num_threads=threads, seed=0)
     with tempfile.TemporaryDirectory() as d:
         c0 = time.process_time()
         train(cfg, Path(d) / "run")
@@ -62,7 +62,7 @@ def sb3_sps(env: str, steps: int, threads: int) -> tuple[float, float]:
     lin = lambda v: (lambda progress: progress * v)  # noqa: E731  (SB3 progress goes 1 -> 0)
     model = PPO(
         "MlpPolicy", venv, n_steps=cfg.unroll_length, batch_size=cfg.num_envs * cfg.unroll_length,
-        n_epochs=cfg.epochs, learning_rate=lin(cfg.lr), clip_range=lin(cfg.clip_coef),
+        n_epochs=cfg.epochs, learning_rate=lin(cfg.learning_rate), clip_range=lin(cfg.clip_eps),
         gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef,
         max_grad_norm=cfg.max_grad_norm, normalize_advantage=True, seed=0, device="cpu", verbose=0,
         policy_kwargs={"net_arch": {"pi": [64, 64], "vf": [64, 64]}, "activation_fn": torch.nn.Tanh},

@@ -71,7 +71,7 @@ def kinds(work: Path) -> dict[str, dict]:
         "control-ppo": {"args": ["control", "train", "--env", "CartPole-v1", "--total-steps", "4096",
                                  "--num-envs", "4", "--unroll-length", "64", "--epochs", "4",
                                  "--normalize-obs", "--eval-every", "1024", "--eval-episodes", "2",
-                                 "--checkpoint-every", "256", "--keep-checkpoints", "2"], "multi": False,
+                                 "--save-every", "256", "--keep-checkpoints", "2"], "multi": False,
                         "final_checkpoint": "checkpoint-16", "records": 17},
         "lm-sft-2proc": {"args": ["lm", "sft", "--model", "tiny", "--max-steps", "6", *lm_common], "multi": True,
                          "final_checkpoint": "checkpoint-6", "records": 6},

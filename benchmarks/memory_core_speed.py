@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from emrl.nn.core import build_core
+from emrl.nn.build import build_core
 
 CONFIGS = {
     "gtrxl-small (d64, 2 layers, M 32)": (

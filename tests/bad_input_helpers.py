@@ -21,7 +21,7 @@ LM_SMALL = ("num_threads: 1\nbatch_size: 8\neval_num_prompts: 4\neval_samples: 0
             "num_eval: 8\n")
 #: a small control run: CartPole, 2 updates of 2 x 64 steps, a checkpoint after each.
 CONTROL_SMALL = ["--env", "CartPole-v1", "--total-steps", "256", "--num-envs", "2", "--unroll-length", "64",
-                 "--epochs", "1", "--eval-every", "0", "--eval-episodes", "1", "--checkpoint-every", "128",
+                 "--epochs", "1", "--eval-every", "0", "--eval-episodes", "1", "--save-every", "128",
                  "--keep-checkpoints", "5"]
 
 

@@ -78,13 +78,14 @@ def _train(out, *extra):
     (["--log-every", "0"], ["log_every must be >= 1, got 0"]),
     (["--num-envs", "0"], ["num_envs must be >= 1"]),
     (["--gamma", "1.5"], ["gamma must be in [0, 1]"]),
-    (["--lr", "0"], ["lr must be > 0"]),
+    (["--learning-rate", "0"], ["learning_rate must be > 0"]),
+    (["--lr", "0"], ["learning_rate must be > 0"]),  # the old name still works
     (["--max-grad-norm", "0"], ["max_grad_norm must be > 0"]),
     (["--eval-every", "-1"], ["eval_every must be >= 0"]),
     (["--target-kl", "-0.1"], ["target_kl must be > 0 (or None)"]),
     (["--hidden-sizes", "64,0"], ["hidden_sizes must be a non-empty list of sizes >= 1"]),
     (["--num-minibatches", "3"], ["must be divisible by num_minibatches = 3"]),
-    (["--topk-fraction", "0"], ["topk_fraction must be in (0, 1]"]),
+    (["--top-fraction", "0"], ["top_fraction must be in (0, 1]"]),
     (["--total-steps", "many"], ["'total_steps' expects int, got 'many'"]),
     (["--core-kwargs", '{"a": 1'], ["--core-kwargs", "expected a YAML mapping"]),
     (["--core-kwargs", "[1, 2]"], ["--core-kwargs", "expected a YAML mapping"]),
@@ -223,7 +224,7 @@ def test_control_overwrite_with_a_bad_flag_keeps_the_old_run(run, tmp_path, caps
 
 # ---------------------------------------------------------------------------------- resume
 @pytest.mark.parametrize(("extra", "fragments"), [
-    (["--lr", "0.5"], ["started with lr=0.001 but this run has lr=0.5"]),
+    (["--learning-rate", "0.5"], ["started with learning_rate=0.001 but this run has learning_rate=0.5"]),
     (["--total-steps", "512"], ["total_steps=256", "annealing"]),
     (["--env", "Acrobot-v1"], ["env='CartPole-v1'", "Acrobot-v1"]),
     (["--gamma", "0.5"], ["gamma"]),

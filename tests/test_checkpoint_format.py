@@ -141,7 +141,7 @@ def test_env_snapshot_is_plain_data_and_resumes_pendulum_bit_identically(tmp_pat
     from emrl.metrics import read_metrics
 
     cfg = ControlConfig(env="Pendulum-v1", total_steps=1024, num_envs=2, unroll_length=64, epochs=2,
-                        eval_every=0, eval_episodes=1, checkpoint_every=512, keep_checkpoints=5,
+                        eval_every=0, eval_episodes=1, save_every=512, keep_checkpoints=5,
                         normalize_obs=True)
     train(cfg, tmp_path / "whole")
     state, _ = ckpt.load_checkpoint(tmp_path / "whole" / "checkpoint-4")

@@ -73,7 +73,7 @@ def test_lm_kill_during_final_write_leaves_one_final_record_and_no_temp_dirs(tmp
 
 def _ccfg(**kw) -> ControlConfig:
     base = dict(env="CartPole-v1", total_steps=512, num_envs=2, unroll_length=64, epochs=1, eval_every=0,
-                eval_episodes=1, checkpoint_every=256, keep_checkpoints=5)
+                eval_episodes=1, save_every=256, keep_checkpoints=5)
     base.update(kw)
     return ControlConfig(**base)
 

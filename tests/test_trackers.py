@@ -79,7 +79,7 @@ def test_control_train_reports_to_wandb_offline(tmp_path, monkeypatch):
     from emrl.control.config import ControlConfig
     from emrl.control.train import train
 
-    cfg = ControlConfig(total_steps=512, eval_episodes=1, eval_every=0, checkpoint_every=0,
+    cfg = ControlConfig(total_steps=512, eval_episodes=1, eval_every=0, save_every=0,
                         report_to=["wandb"])
     train(cfg, tmp_path / "run")
     records = _wandb_records(tmp_path / "run")

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +22,54 @@ import yaml
 from emrl.errors import ConfigError, close_matches
 
 T = TypeVar("T")
+
+#: (config class name, old field name) pairs already warned about (once per process)
+_WARNED_ALIASES: set[tuple[str, str]] = set()
+
+
+def warn_alias(cls: type, old: str, new: str, source: str = "config") -> None:
+    """Warn (a ``FutureWarning``, once per class and name per process) that ``old`` is the
+    deprecated name of the config field ``new``."""
+    key = (cls.__name__, old)
+    if key in _WARNED_ALIASES:
+        return
+    _WARNED_ALIASES.add(key)
+    warnings.warn(f"{cls.__name__}: config field {old!r} (in {source}) is a deprecated name of "
+                  f"{new!r}; use {new!r}", FutureWarning, stacklevel=3)
+
+
+def field_aliases(cls: type) -> dict[str, str]:
+    """``{old name: field name}`` of the config dataclass ``cls`` (``cfg_field(aliases=...)``)."""
+    return {a: f.name for f in dataclasses.fields(cls) for a in f.metadata.get("aliases", ())}
+
+
+def with_aliases(cls: type[T]) -> type[T]:
+    """Class decorator (above ``@dataclass``) that makes the old names of renamed fields
+    (``cfg_field(..., aliases=("old",))``) work in Python as well: ``Cls(old=1)`` and
+    ``cfg.old`` (read and write) reach the renamed field and warn once. YAML files and
+    command-line options accept the old names through :func:`from_dict` /
+    :func:`add_config_args` for every config class, decorated or not."""
+    aliases = field_aliases(cls)
+    init = cls.__init__
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if any(k in aliases for k in kwargs):
+            kwargs = apply_aliases(cls, kwargs, source="keyword arguments")
+        init(self, *args, **kwargs)
+
+    __init__.__doc__, __init__.__wrapped__ = init.__doc__, init  # type: ignore[attr-defined]
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    for old, new in aliases.items():
+        def get(self: Any, _old: str = old, _new: str = new) -> Any:
+            warn_alias(type(self), _old, _new, "attribute access")
+            return getattr(self, _new)
+
+        def put(self: Any, value: Any, _old: str = old, _new: str = new) -> None:
+            warn_alias(type(self), _old, _new, "attribute access")
+            setattr(self, _new, value)
+
+        setattr(cls, old, property(get, put, doc=f"deprecated name of :attr:`{new}`"))
+    return cls
 
 
 def cfg_field(default: Any, help: str, *, group: str | None = None,
@@ -212,7 +261,8 @@ def add_config_args(
             kind = _parse_mapping if (origin is dict or tp is dict) else str
             target.add_argument(flag, type=kind, **kwargs)
         for alias in f.metadata.get("aliases", ()):  # older names: accepted, not listed
-            alias_kwargs = {**kwargs, "help": argparse.SUPPRESS}
+            # dest = the old name: build_config renames it (and warns once)
+            alias_kwargs = {**kwargs, "dest": alias, "help": argparse.SUPPRESS}
             if tp is bool:
                 alias_kwargs["action"] = argparse.BooleanOptionalAction
             else:
@@ -222,16 +272,19 @@ def add_config_args(
         parser.epilog = _value_syntax(fields_, hints)
 
 
-def apply_aliases(cls: type, values: dict[str, Any], *, source: str = "config") -> dict[str, Any]:
+def apply_aliases(cls: type, values: dict[str, Any], *, source: str = "config",
+                  warn: bool = True) -> dict[str, Any]:
     """``values`` with keys that are older names of fields (``cfg_field(aliases=...)``)
-    renamed to the fields' names; giving both names is an error."""
+    renamed to the fields' names (each old name warns once, unless ``warn=False``);
+    giving both names is an error."""
     out = dict(values)
-    for f in dataclasses.fields(cls):
-        for alias in f.metadata.get("aliases", ()):
-            if alias in out:
-                if f.name in out:
-                    raise ConfigError(f"{source} gives both {alias!r} (the old name) and {f.name!r}; keep {f.name!r}")
-                out[f.name] = out.pop(alias)
+    for alias, name in field_aliases(cls).items():
+        if alias in out:
+            if name in out:
+                raise ConfigError(f"{source} gives both {alias!r} (the old name) and {name!r}; keep {name!r}")
+            out[name] = out.pop(alias)
+            if warn:
+                warn_alias(cls, alias, name, source)
     return out
 
 
@@ -239,16 +292,15 @@ def build_config(cls: type[T], args: argparse.Namespace | None = None, *,
                  base: dict[str, Any] | None = None, **overrides: Any) -> T:
     """Resolve a config: defaults < ``base`` (e.g. a resumed run's saved config) <
     ``args.config`` YAML < options typed in ``args`` < ``overrides``."""
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    values: dict[str, Any] = dict(base or {})
+    names = {f.name for f in dataclasses.fields(cls) if f.init} | set(field_aliases(cls))
+    values: dict[str, Any] = apply_aliases(cls, dict(base or {}), source="the saved config")
     config_path = getattr(args, "config", None) if args is not None else None
     if config_path:
-        values.update(load_yaml(config_path))
+        values.update(apply_aliases(cls, load_yaml(config_path), source=str(config_path)))
     if args is not None:
-        for k, v in vars(args).items():
-            if k in names:
-                values[k] = v
-    values.update(overrides)
+        typed = {k: v for k, v in vars(args).items() if k in names}
+        values.update(apply_aliases(cls, typed, source="the command line"))
+    values.update(apply_aliases(cls, overrides, source="keyword arguments"))
     return from_dict(cls, values, source=str(config_path) if config_path else "config")
 
 

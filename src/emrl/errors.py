@@ -36,8 +36,12 @@ def close_matches(name: str, choices: Iterable[str], n: int = 5) -> list[str]:
     return found
 
 
-def unknown_name_error(kind: str, name: str, choices: Iterable[str]) -> EmrlError:
-    """Build an :class:`EmrlError` for an unknown ``kind`` called ``name``, with suggestions."""
-    matches = close_matches(name, choices)
+def unknown_name_error(kind: str, name: str, choices: Iterable[str], *, error: type[EmrlError] = EmrlError,
+                       list_choices: bool = False) -> EmrlError:
+    """Build an ``error`` (an :class:`EmrlError`) for an unknown ``kind`` called ``name``,
+    with close-match suggestions (and, with ``list_choices``, every choice)."""
+    choices = [str(c) for c in choices]
+    matches = close_matches(str(name), choices)
     hint = f" Did you mean: {', '.join(matches)}?" if matches else ""
-    return EmrlError(f"unknown {kind} {name!r}.{hint}")
+    expected = f": expected one of {', '.join(choices)}" if list_choices else ""
+    return error(f"unknown {kind} {name!r}{expected}.{hint}")

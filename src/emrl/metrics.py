@@ -237,3 +237,52 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         if isinstance(rec, dict):
             out.append(rec)
     return out
+
+
+# --------------------------------------------------------------------------------------
+# diagnostics -> metric names: the one mapping both training loops use
+# --------------------------------------------------------------------------------------
+#: the fields of the E-step infos (emrl.objectives' VMPOInfo, WeightInfo, DARInfo) that
+#: are logged, and their metric names
+ESTEP_METRICS = (("eta", "estep/eta"), ("ess", "estep/ess"), ("selected_fraction", "estep/selected_fraction"),
+                 ("weight_entropy", "estep/weight_entropy"), ("kl_to_uniform", "estep/kl_to_uniform"))
+#: the fields of :class:`emrl.objectives.ppo.PPOInfo` that are logged
+PPO_METRICS = (("clip_fraction", "ppo/clip_fraction"), ("approx_kl", "ppo/approx_kl"),
+               ("ratio_std", "ppo/ratio_std"))
+
+
+def _scalar(v: Any) -> float:
+    return float(v.detach().float().mean()) if hasattr(v, "detach") else float(v)
+
+
+def _from_info(info: Any, names: tuple[tuple[str, str], ...]) -> dict[str, float]:
+    out = {}
+    for src, dst in names:
+        v = getattr(info, src, None)
+        if v is not None:
+            out[dst] = _scalar(v)
+    return out
+
+
+def estep_metrics(info: Any) -> dict[str, float]:
+    """The logged metrics of an E-step's info (``VMPOInfo``, ``WeightInfo``, ``DARInfo``):
+    ``estep/eta``, ``estep/ess``, ``estep/selected_fraction``, ``estep/weight_entropy``,
+    ``estep/kl_to_uniform`` — those the info has (fields that
+    are ``None``, e.g. with ``diagnostics=False``, are left out)."""
+    return _from_info(info, ESTEP_METRICS)
+
+
+def ppo_metrics(info: Any) -> dict[str, float]:
+    """``ppo/clip_fraction``, ``ppo/approx_kl``, ``ppo/ratio_std`` of a ``PPOInfo``."""
+    return _from_info(info, PPO_METRICS)
+
+
+def trust_region_metrics(kl: Any, alpha: Any, eps_alpha: float, **parts: Any) -> dict[str, float]:
+    """The trust region's metrics: ``mstep/kl`` (the KL to π_old), ``mstep/alpha``,
+    ``mstep/eps_alpha`` and ``mstep/kl_budget_used`` (``kl / eps_alpha``); ``parts``
+    adds ``mstep/<name>`` (e.g. ``kl_mu=..., alpha_mu=...`` of a Gaussian policy)."""
+    kl_f = _scalar(kl)
+    out = {"mstep/kl": kl_f, "mstep/alpha": _scalar(alpha), "mstep/eps_alpha": float(eps_alpha),
+           "mstep/kl_budget_used": kl_f / float(eps_alpha)}
+    out.update({f"mstep/{k}": _scalar(v) for k, v in parts.items()})
+    return out

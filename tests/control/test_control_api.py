@@ -11,7 +11,7 @@ from emrl.control.envs import make_env
 from emrl.errors import ConfigError, EmrlError
 from emrl.metrics import read_metrics
 
-QUIET = dict(eval_every=0, eval_episodes=3, checkpoint_every=0)
+QUIET = dict(eval_every=0, eval_episodes=3, save_every=0)
 GTRXL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "memory_length": 8}
 
 

@@ -73,7 +73,7 @@ def test_vmpo_uses_the_configured_targets(targets):
 
 
 def test_vmpo_estep_keeps_the_top_half_and_only_they_move_the_policy():
-    cfg, agent, batch = _setup(algo="vmpo")
+    cfg, agent, batch = _setup(algo="vmpo", dual_schedule="minibatch")
     algo = build_algorithm(cfg, agent)
     algo.prepare(batch)
     mb = _full_mb(batch)
@@ -107,7 +107,7 @@ def _alpha_after_step(algo, params, mb) -> tuple[float, float]:
 
 
 def test_alpha_rises_when_kl_exceeds_bound_and_falls_below():
-    cfg, agent, batch = _setup(algo="vmpo", eps_alpha=0.01)
+    cfg, agent, batch = _setup(algo="vmpo", eps_alpha=0.01, dual_schedule="minibatch")
     algo = build_algorithm(cfg, agent)
     algo.prepare(batch)
     mb = _full_mb(batch)
@@ -120,10 +120,10 @@ def test_alpha_rises_when_kl_exceeds_bound_and_falls_below():
 
 
 def test_gaussian_vmpo_uses_decoupled_mean_and_covariance_kl():
-    cfg, agent, batch = _setup(env_id="Pendulum-v1", algo="vmpo", T=16, N=2)
+    cfg, agent, batch = _setup(env_id="Pendulum-v1", algo="vmpo", T=16, N=2, dual_schedule="minibatch")
     algo = build_algorithm(cfg, agent)
     assert isinstance(algo, VMPO) and algo.gaussian
-    assert {"xi_alpha_mu", "xi_alpha_sigma"} <= {n for n, _ in algo.named_parameters()}
+    assert algo.duals.names == ("eta", "alpha_mu", "alpha_sigma")
     algo.prepare(batch)
     mb = _full_mb(batch)
     mu, std = GaussianHead.split(batch.params)
@@ -158,11 +158,11 @@ def test_lstm_agent_trains_with_env_minibatches(tmp_path, algo):
 
     cfg = ControlConfig(algo=algo, core="lstm", lstm_hidden_size=16, num_envs=4, num_minibatches=2,
                         unroll_length=16, epochs=2, total_steps=256, eval_episodes=1,
-                        checkpoint_every=0)
+                        save_every=0)
     final = train(cfg, tmp_path / "run")
     assert final["samples"] == 256
     rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss/value" in r]
-    assert len(rows) == 4 and all(r["grad_norm"] > 0 for r in rows)
+    assert len(rows) == 4 and all(r["mstep/grad_norm"] > 0 for r in rows)
 
 
 def test_clip_grad_norm_matches_torch():
@@ -262,7 +262,7 @@ def test_training_with_prev_action_reward_and_evaluation(tmp_path):
 
     cfg = ControlConfig(core="lstm", lstm_hidden_size=16, prev_action_reward=True, total_steps=256,
                         num_envs=4, unroll_length=16, num_minibatches=2, epochs=2, eval_every=0,
-                        eval_episodes=1, checkpoint_every=0)
+                        eval_episodes=1, save_every=0)
     final = train(cfg, tmp_path / "run")
     assert final["eval/return"] >= 8  # a CartPole episode lasts >= 8 steps
     agent, cfg2, _ = load_agent(tmp_path / "run")

@@ -30,7 +30,7 @@ def test_short_cartpole_run_improves_return(tmp_path, algo):
     # V-MPO with a fixed learning rate, as in the V-MPO paper (spec §8), learns faster in short runs
     cfg = ControlConfig(algo=algo, env="CartPole-v1", total_steps=16_384, seed=0 if algo == "vmpo" else 1,
                         anneal_lr=algo == "ppo",
-                        eval_every=0, eval_episodes=5, checkpoint_every=0)
+                        eval_every=0, eval_episodes=5, save_every=0)
     before = _untrained_return(cfg)
     final = train(cfg, tmp_path / algo)
     assert final["samples"] == 16_384
@@ -115,13 +115,13 @@ def test_cli_refuses_existing_run_without_resume(tmp_path, capsys):
 
 def test_tensorboard_when_asked(tmp_path):
     pytest.importorskip("tensorboard")
-    cfg = ControlConfig(total_steps=512, eval_episodes=1, tensorboard=True, checkpoint_every=0)
+    cfg = ControlConfig(total_steps=512, eval_episodes=1, tensorboard=True, save_every=0)
     train(cfg, tmp_path / "run")
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_video_needs_moviepy_or_records(tmp_path):
-    cfg = ControlConfig(total_steps=256, eval_episodes=1, checkpoint_every=0)
+    cfg = ControlConfig(total_steps=256, eval_episodes=1, save_every=0)
     train(cfg, tmp_path / "run")
     agent, cfg, _ = load_agent(tmp_path / "run")
     try:

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from emrl.errors import EmrlError
-from emrl.nn.core import build_core, cat_states, index_state
+from emrl.nn.build import build_core
+from emrl.nn.core import cat_states, index_state
 
 
 def _inputs(T=12, B=4, D=5, p_reset=0.2, seed=0):

@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from emrl.errors import ConfigError, EmrlError
-from emrl.nn import core as core_mod
+from emrl.nn import build as core_mod
+from emrl.nn.core import index_state
 from emrl.nn.gates import GATE_NAMES, GRUGate, build_gate
 from emrl.nn.trxl import (
     RelativeMultiHeadAttention,
     TransformerXLCore,
-    build_core,
+    build_trxl_core,
     sinusoid_encoding,
 )
 
@@ -185,7 +186,7 @@ def test_stepping_one_step_at_a_time_equals_one_pass_over_the_segment(name, gate
         torch.testing.assert_close(s_update[1], state[1])
         # A minibatch over environments: index the stored state.
         idx = torch.tensor([2, 0])
-        y_mb, _ = c(x[:, idx], core_mod.index_state(stored, idx), reset[:, idx])
+        y_mb, _ = c(x[:, idx], index_state(stored, idx), reset[:, idx])
         torch.testing.assert_close(y_mb, y_actor[:, idx], atol=1e-5, rtol=1e-5)
 
 
@@ -260,7 +261,7 @@ def test_other_gates_follow_their_formulas(name):
 
 
 def test_spec_section_8_configuration_builds():
-    c = build_core(
+    c = build_trxl_core(
         "gtrxl", 300, d_model=256, n_layers=8, n_heads=4, d_head=32, d_mlp=512, memory_length=63
     )
     assert c.output_size == 256
@@ -284,12 +285,12 @@ def test_spec_section_8_configuration_builds():
 )
 def test_bad_configuration_is_a_clear_error(kwargs, needle):
     with pytest.raises(ConfigError, match=needle):
-        build_core("gtrxl", 4, **kwargs)
+        build_trxl_core("gtrxl", 4, **kwargs)
 
 
 def test_unknown_gate_suggests_close_names_and_unknown_core_is_an_error():
     with pytest.raises(ConfigError, match="Did you mean: highway"):
-        build_core("gtrxl", 4, gate="highwy")
+        build_trxl_core("gtrxl", 4, gate="highwy")
     with pytest.raises(EmrlError, match="gtrxl"):
         core_mod.build_core("gtrx", 4)
 

@@ -54,7 +54,7 @@ def test_short_training_run_with_a_transformer_core(tmp_path, algo, core):
     cfg = ControlConfig(
         algo=algo, env="CartPole-v1", core=core, core_kwargs=SMALL, total_steps=256, num_envs=4,
         unroll_length=16, num_minibatches=2, epochs=2, eval_every=0, eval_episodes=2,
-        checkpoint_every=0, seed=1,
+        save_every=0, seed=1,
     )
     final = train(cfg, tmp_path / "run")
     assert math.isfinite(final["eval/return"]) and final["eval/return"] >= 8  # CartPole episode >= 8 steps

@@ -29,7 +29,8 @@ from torch import nn
 
 from emrl.control.envs import is_image_space, obs_shape
 from emrl.errors import ConfigError
-from emrl.nn.core import State, build_core, check_core_inputs
+from emrl.nn.build import build_core
+from emrl.nn.core import State, check_core_inputs
 from emrl.nn.encoders import ResNetEncoder
 from emrl.nn.heads import CategoricalHead, GaussianHead, ValueHead
 from emrl.nn.mlp import MLPCore, orthogonal_init

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from emrl.config import cfg_field, check_choices
+from emrl.config import cfg_field, check_choices, with_aliases
 from emrl.errors import ConfigError
+from emrl.objectives.duals import DUAL_SCHEDULES
 
 ALGOS = ("ppo", "vmpo")
 
 
+@with_aliases
 @dataclass
 class ControlConfig:
     #: ``--help`` sections (tag -> title), in order; see :func:`emrl.config.add_config_args`
@@ -46,7 +48,7 @@ class ControlConfig:
     normalize_obs: bool = cfg_field(False, "normalise observations with running mean/std", group="env")
     reward_scale: float = cfg_field(1.0, "multiply training rewards by this (episode statistics stay raw)", group="env")
     # optimisation (shared)
-    lr: float = cfg_field(1e-3, "Adam learning rate", group="optim")
+    learning_rate: float = cfg_field(1e-3, "Adam learning rate of the agent", group="optim", aliases=("lr",))
     anneal_lr: bool = cfg_field(True, "anneal the learning rate linearly to 0", group="optim")
     epochs: int = cfg_field(20, "passes over each batch", group="optim")
     num_minibatches: int = cfg_field(1, "minibatches per epoch (over samples; over envs for memory cores)", group="optim")
@@ -56,29 +58,30 @@ class ControlConfig:
     vf_coef: float = cfg_field(0.5, "value loss coefficient", group="optim")
     adam_eps: float = cfg_field(1e-5, "Adam epsilon", group="optim")
     # PPO
-    clip_coef: float = cfg_field(0.2, "PPO: ratio clip ε", group="ppo")
+    clip_eps: float = cfg_field(0.2, "PPO: ratio clip ε", group="ppo", aliases=("clip_coef",))
     anneal_clip: bool = cfg_field(True, "PPO: anneal the clip ε linearly to 0 (as rl-zoo)", group="ppo")
     clip_vloss: bool = cfg_field(False, "PPO: clip the value update around the old value (with clip ε)", group="ppo")
     ent_coef: float = cfg_field(0.0, "PPO: entropy bonus coefficient", group="ppo")
-    norm_adv: bool = cfg_field(True, "PPO: normalise advantages per minibatch", group="ppo")
+    normalize_advantages: bool = cfg_field(True, "PPO: normalise advantages per minibatch", group="ppo", aliases=("norm_adv",))
     target_kl: float | None = cfg_field(None, "PPO: stop the epochs early when approx KL exceeds this", group="ppo")
     # V-MPO
     vmpo_targets: str = cfg_field("gae", "V-MPO advantage/value targets: nstep or gae", choices=["nstep", "gae"], group="vmpo")
     nstep: int = cfg_field(8, "V-MPO: n of the n-step bootstrapped targets", group="vmpo")
-    topk_fraction: float = cfg_field(0.5, "V-MPO E-step: fraction of samples kept (highest advantages)", group="vmpo")
+    top_fraction: float = cfg_field(0.5, "V-MPO E-step: fraction of samples kept (highest advantages)", group="vmpo", aliases=("topk_fraction",))
     eps_eta: float = cfg_field(0.1, "V-MPO E-step: KL bound ε_η of the temperature dual", group="vmpo")
     eta_init: float = cfg_field(1.0, "V-MPO: initial temperature η", group="vmpo")
     eps_alpha: float = cfg_field(0.01, "V-MPO M-step: KL bound ε_α (categorical policies)", group="vmpo")
     eps_alpha_mu: float = cfg_field(0.01, "V-MPO M-step: mean KL bound ε_αμ (Gaussian policies)", group="vmpo")
     eps_alpha_sigma: float = cfg_field(1e-4, "V-MPO M-step: covariance KL bound ε_αΣ (Gaussian policies)", group="vmpo")
     alpha_init: float = cfg_field(1.0, "V-MPO: initial Lagrange multiplier(s) α", group="vmpo")
-    dual_lr: float | None = cfg_field(None, "V-MPO: learning rate of η and α (None: same as lr, not annealed)", group="vmpo")
+    dual_lr: float | None = cfg_field(None, "V-MPO: learning rate of the duals' own Adam (η and α; None: same as learning_rate, not annealed)", group="vmpo")
+    dual_schedule: str = cfg_field("update", "V-MPO: when the duals step: update (E-step and η once per batch before the M-step, α once after it on the realised KL) or minibatch (E-step, η and α in every minibatch loss)", choices=list(DUAL_SCHEDULES), group="vmpo")
     vmpo_norm_adv: bool = cfg_field(False, "V-MPO: normalise advantages before the E-step", group="vmpo")
     # evaluation, logging, checkpoints
     eval_every: int = cfg_field(10_000, "evaluate every this many env steps (0: only at the end)", group="eval")
     eval_episodes: int = cfg_field(10, "episodes per evaluation", group="eval")
     eval_deterministic: bool = cfg_field(True, "evaluate with the mode of the policy", group="eval")
-    checkpoint_every: int = cfg_field(50_000, "save a checkpoint every this many env steps (0: only at the end)", group="eval")
+    save_every: int = cfg_field(50_000, "save a checkpoint every this many env steps (0: only at the end)", group="eval", aliases=("checkpoint_every",))
     keep_checkpoints: int = cfg_field(2, "checkpoints kept on disk", group="eval")
     log_every: int = cfg_field(1, "log metrics every this many updates", group="eval")
     tensorboard: bool = cfg_field(False, "also write TensorBoard scalars to DIR/tensorboard (alias of --report-to tensorboard)", group="eval")
@@ -99,16 +102,16 @@ class ControlConfig:
         resolve_report_to(self.report_to)
         if self.encoder not in ("nature", "resnet"):
             raise ConfigError(f"encoder must be one of ['nature', 'resnet'], got {self.encoder!r}")
-        if not 0.0 < self.topk_fraction <= 1.0:
-            raise ConfigError(f"topk_fraction must be in (0, 1], got {self.topk_fraction}")
+        if not 0.0 < self.top_fraction <= 1.0:
+            raise ConfigError(f"top_fraction must be in (0, 1], got {self.top_fraction}")
         for name in ("gamma", "gae_lambda"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("lr", "eps_eta", "eps_alpha", "eps_alpha_mu", "eps_alpha_sigma", "eta_init", "alpha_init",
-                     "init_std", "adam_eps", "clip_coef", "max_grad_norm", "lstm_hidden_size"):
+        for name in ("learning_rate", "eps_eta", "eps_alpha", "eps_alpha_mu", "eps_alpha_sigma", "eta_init", "alpha_init",
+                     "init_std", "adam_eps", "clip_eps", "max_grad_norm", "lstm_hidden_size"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("eval_every", "checkpoint_every", "vf_coef", "ent_coef"):
+        for name in ("eval_every", "save_every", "vf_coef", "ent_coef"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("dual_lr", "target_kl"):

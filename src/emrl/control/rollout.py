@@ -48,9 +48,64 @@ class Batch:
     prev_rewards: torch.Tensor | None = None
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # algorithm targets [T, N]
 
-    @property
-    def num_steps(self) -> int:
-        return int(self.rewards.numel())
+
+@dataclass
+class Minibatch:
+    obs: torch.Tensor
+    actions: torch.Tensor
+    logp: torch.Tensor
+    params: torch.Tensor
+    values: torch.Tensor
+    reset: torch.Tensor
+    state0: tuple
+    extra: dict[str, torch.Tensor]
+    prev_actions: torch.Tensor | None = None  # spec §8 extra inputs (see rollout.Batch)
+    prev_rewards: torch.Tensor | None = None
+
+    def prev(self) -> tuple[torch.Tensor, ...]:
+        """``(prev_actions, prev_rewards)`` for the agent's forward, or ``()``."""
+        if self.prev_actions is None or self.prev_rewards is None:
+            return ()
+        return (self.prev_actions, self.prev_rewards)
+
+
+def minibatches(batch: Batch, num_minibatches: int, stateful: bool, gen: torch.Generator):
+    """Yield :class:`Minibatch` es: random sample subsets as [1, M] for stateless agents,
+    random env subsets as whole [T, M] segments (with their stored state) otherwise."""
+    T, N = batch.rewards.shape
+    fields: tuple[str, ...] = ("obs", "actions", "logp", "params", "values", "reset")
+    if batch.prev_actions is not None:
+        fields += ("prev_actions", "prev_rewards")
+    if not stateful:
+        flat = {f: getattr(batch, f).reshape(1, T * N, *getattr(batch, f).shape[2:]) for f in fields}
+        extra = {k: v.reshape(1, T * N, *v.shape[2:]) for k, v in batch.extra.items()}
+        if num_minibatches == 1:  # the whole batch: order does not matter
+            flat["reset"] = torch.zeros_like(flat["reset"])
+            yield Minibatch(**flat, state0=(), extra=extra)
+            return
+        perm = torch.randperm(T * N, generator=gen)
+        size = T * N // num_minibatches
+        for i in range(num_minibatches):
+            idx = perm[i * size:(i + 1) * size]
+            d = {f: flat[f][:, idx] for f in fields}
+            d["reset"] = torch.zeros_like(d["reset"])
+            yield Minibatch(**d, state0=(), extra={k: v[:, idx] for k, v in extra.items()})
+        return
+    perm = torch.randperm(N, generator=gen)
+    size = N // num_minibatches
+    for i in range(num_minibatches):
+        idx = perm[i * size:(i + 1) * size]
+        d = {f: getattr(batch, f)[:, idx] for f in fields}
+        yield Minibatch(**d, state0=index_state(batch.state0, idx),
+                        extra={k: v[:, idx] for k, v in batch.extra.items()})
+
+
+def whole_batch(batch: Batch) -> Minibatch:
+    """The whole batch as one :class:`Minibatch` ([T, N], envs in order, with the stored
+    state): what the update's forward pass over every sample sees."""
+    return Minibatch(obs=batch.obs, actions=batch.actions, logp=batch.logp, params=batch.params,
+                     values=batch.values, reset=batch.reset, state0=batch.state0, extra=dict(batch.extra),
+                     prev_actions=batch.prev_actions, prev_rewards=batch.prev_rewards)
 
 
 class EpisodeStats:

@@ -1,71 +1,62 @@
 """The one training loop for control agents; algorithms plug in (PPO, V-MPO).
 
-Read top to bottom (CleanRL-like)::
+Read top to bottom (CleanRL-like): :func:`train` is the loop, :func:`update_agent` one
+update's epochs::
 
     for update in range(num_updates):
         batch = actor.collect(T)                    # rollout, π_old = the acting policy
-        algo.prepare(batch)                         # targets/advantages (emrl.objectives)
+        algo.prepare(batch)                         # targets/advantages (+ V-MPO's E-step)
         for epoch in range(epochs):
             for mb in minibatches(batch):           # over samples (mlp) or envs (memory cores)
                 params, values, _ = agent(mb.obs, mb.state0, mb.reset)   # recompute segment
                 loss, m = algo.loss(params, values, mb)
-                optimizer step (clipped grads)
+                optimizer step (clipped grads); algo.after_minibatch()
             if algo.stop_early(m): break            # PPO approx-KL early stop
-        log metrics / evaluate / checkpoint
+        algo.finish_update(batch)                   # V-MPO: α's step on the realised KL
+        log metrics / evaluate / checkpoint         # emrl.runloop's cadences and checkpoints
 
 An algorithm plug-in (:class:`emrl.control.algos.Algorithm`) owns only the maths
 specific to it; rollout, minibatching, optimisation, logging, evaluation and
-checkpoints live here once.
+checkpoints live here once, their cadences and the resume checks in :mod:`emrl.runloop`.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from emrl.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint
-from emrl.config import from_dict, load_yaml, to_dict
+from emrl.checkpoint import load_checkpoint, save_checkpoint
+from emrl.config import from_dict, to_dict
 from emrl.control.agent import Agent
 from emrl.control.algos import Algorithm, build_algorithm
 from emrl.control.config import ControlConfig
 from emrl.control.envs import RunningMeanStd, make_env, make_vec_env, obs_shape
 from emrl.control.evaluate import evaluate
 from emrl.control.fastopt import AdamStep, FlatParameters, clip_grad_norm, make_adam
-from emrl.control.rollout import Actor, Batch
+from emrl.control.rollout import Actor, Batch, Minibatch, minibatches
 from emrl.errors import CheckpointError, EmrlError
 from emrl.metrics import MetricsWriter
-from emrl.nn.core import index_state
 from emrl.objectives import checks
 from emrl.progress import progress
-from emrl.rundir import RunDir, check_resume_config
+from emrl.rundir import RunDir
+from emrl.runloop import (
+    Cadence,
+    check_resume,
+    load_resume_checkpoint,
+    resume_config_values,
+    write_checkpoint,
+)
 from emrl.seeding import get_rng_state, seed_everything, set_rng_state
 from emrl.threads import configure_threads
 
-
-@dataclass
-class Minibatch:
-    obs: torch.Tensor
-    actions: torch.Tensor
-    logp: torch.Tensor
-    params: torch.Tensor
-    values: torch.Tensor
-    reset: torch.Tensor
-    state0: tuple
-    extra: dict[str, torch.Tensor]
-    prev_actions: torch.Tensor | None = None  # spec §8 extra inputs (see rollout.Batch)
-    prev_rewards: torch.Tensor | None = None
-
-    def prev(self) -> tuple[torch.Tensor, ...]:
-        """``(prev_actions, prev_rewards)`` for the agent's forward, or ``()``."""
-        if self.prev_actions is None or self.prev_rewards is None:
-            return ()
-        return (self.prev_actions, self.prev_rewards)
+__all__ = ["train", "update_agent", "build_agent", "load_agent", "resolve_resume_config", "Minibatch",
+           "minibatches", "RESUMABLE_CHANGES"]
 
 
 def build_agent(cfg: ControlConfig, observation_space, action_space) -> Agent:
@@ -77,37 +68,6 @@ def build_agent(cfg: ControlConfig, observation_space, action_space) -> Agent:
     )
 
 
-def minibatches(batch: Batch, num_minibatches: int, stateful: bool, gen: torch.Generator):
-    """Yield :class:`Minibatch` es: random sample subsets as [1, M] for stateless agents,
-    random env subsets as whole [T, M] segments (with their stored state) otherwise."""
-    T, N = batch.rewards.shape
-    fields: tuple[str, ...] = ("obs", "actions", "logp", "params", "values", "reset")
-    if batch.prev_actions is not None:
-        fields += ("prev_actions", "prev_rewards")
-    if not stateful:
-        flat = {f: getattr(batch, f).reshape(1, T * N, *getattr(batch, f).shape[2:]) for f in fields}
-        extra = {k: v.reshape(1, T * N, *v.shape[2:]) for k, v in batch.extra.items()}
-        if num_minibatches == 1:  # the whole batch: order does not matter
-            flat["reset"] = torch.zeros_like(flat["reset"])
-            yield Minibatch(**flat, state0=(), extra=extra)
-            return
-        perm = torch.randperm(T * N, generator=gen)
-        size = T * N // num_minibatches
-        for i in range(num_minibatches):
-            idx = perm[i * size:(i + 1) * size]
-            d = {f: flat[f][:, idx] for f in fields}
-            d["reset"] = torch.zeros_like(d["reset"])
-            yield Minibatch(**d, state0=(), extra={k: v[:, idx] for k, v in extra.items()})
-        return
-    perm = torch.randperm(N, generator=gen)
-    size = N // num_minibatches
-    for i in range(num_minibatches):
-        idx = perm[i * size:(i + 1) * size]
-        d = {f: getattr(batch, f)[:, idx] for f in fields}
-        yield Minibatch(**d, state0=index_state(batch.state0, idx),
-                        extra={k: v[:, idx] for k, v in batch.extra.items()})
-
-
 def _meta(cfg: ControlConfig) -> dict[str, Any]:
     return {"env": cfg.env, "algo": cfg.algo, "core": cfg.core}
 
@@ -115,30 +75,170 @@ def _meta(cfg: ControlConfig) -> dict[str, Any]:
 #: config fields that may change on ``--resume`` (how often to log, save and evaluate;
 #: threads). ``total_steps`` may change only without annealing (``anneal_lr`` and, for
 #: PPO, ``anneal_clip`` off): annealing runs over ``total_steps``.
-RESUMABLE_CHANGES = ("eval_every", "eval_episodes", "checkpoint_every", "keep_checkpoints", "log_every",
+RESUMABLE_CHANGES = ("eval_every", "eval_episodes", "save_every", "keep_checkpoints", "log_every",
                      "tensorboard", "num_threads")
 
 
 def resolve_resume_config(run_dir: Path, overrides: dict[str, Any]) -> ControlConfig:
     """The saved config of ``run_dir`` with the options typed on the command line."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise CheckpointError(f"--resume: {run_dir} has no config.yaml (is it an emrl control run directory?)")
-    values = load_yaml(path)
-    values.update(overrides)
-    return from_dict(ControlConfig, values, source=str(path))
+    values = resume_config_values(run_dir, overrides, ControlConfig)
+    return from_dict(ControlConfig, values, source=str(Path(run_dir) / "config.yaml"))
 
 
 def _check_resume(cfg: ControlConfig, run: RunDir) -> None:
-    path = run.config_path
-    if not path.is_file():
+    from emrl.config import load_yaml
+
+    if not run.config_path.is_file():
         raise CheckpointError(f"--resume: {run.path} has no config.yaml (is it an emrl control run directory?)")
-    saved = load_yaml(path)
     anneals = cfg.anneal_lr or (cfg.algo == "ppo" and cfg.anneal_clip)
-    check_resume_config(saved, to_dict(cfg), free=RESUMABLE_CHANGES, where=f"the run in {run.path}",
-                        horizon="total_steps", horizon_ok=not anneals,
-                        horizon_why="the annealing of the learning rate / clip range (anneal_lr, "
-                                    "anneal_clip run over total_steps)")
+    check_resume(cfg, load_yaml(run.config_path), free=RESUMABLE_CHANGES, where=f"the run in {run.path}",
+                 horizon="total_steps", horizon_ok=not anneals,
+                 horizon_why="the annealing of the learning rate / clip range (anneal_lr, "
+                             "anneal_clip run over total_steps)")
+
+
+@dataclass
+class Learner:
+    """What an update changes: the agent, its plug-in, the optimiser and the counters."""
+
+    cfg: ControlConfig
+    agent: Agent
+    algo: Algorithm
+    opt: torch.optim.Optimizer
+    params: list[torch.nn.Parameter]
+    flat: FlatParameters | None
+    gen: torch.Generator
+    obs_rms: RunningMeanStd | None
+    update: int = 0
+    env_steps: int = 0
+    wall0: float = 0.0
+    opt_step: Any = field(default=None, repr=False)
+
+
+def _build_learner(cfg: ControlConfig, envs, device: torch.device) -> Learner:
+    agent = build_agent(cfg, envs.single_observation_space, envs.single_action_space).to(device)
+    algo = build_algorithm(cfg, agent)  # V-MPO's duals have their own optimiser (Duals)
+    params = list(agent.parameters())
+    # the agent's parameters and gradients as views of one tensor each: Adam and the
+    # gradient clipping then run on one tensor (same updates; emrl.control.fastopt)
+    flat = FlatParameters(params) if FlatParameters.supported(params) else None
+    opt = make_adam([{"params": [flat.param] if flat is not None else params}], cfg.learning_rate, cfg.adam_eps)
+    obs_rms = RunningMeanStd(obs_shape(envs.single_observation_space)) if cfg.normalize_obs else None
+    return Learner(cfg, agent, algo, opt, params, flat, torch.Generator().manual_seed(cfg.seed), obs_rms)
+
+
+def _restore(lrn: Learner, state: dict[str, Any], path: Path, num_updates: int) -> None:
+    """Load a checkpoint's state into ``lrn`` (everything checked before anything is written)."""
+    try:
+        lrn.agent.load_state_dict(state["agent"])
+        lrn.algo.load_state_dict(state["algo"])
+        if lrn.obs_rms is not None:
+            lrn.obs_rms.load_state_dict(state["obs_rms"])
+        lrn.update = int(state["update"])
+        lrn.env_steps, lrn.wall0 = int(state["env_steps"]), float(state["wall_time"])
+        lrn.gen.set_state(state["minibatch_rng"])
+        rng_state, opt_state = state["rng"], state["optimizer"]
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint {path} does not fit this run: {e}") from e
+    try:
+        lrn.opt.load_state_dict(opt_state)
+    except (ValueError, KeyError, TypeError) as e:  # another parameter layout (e.g. an emrl before the flat one)
+        raise CheckpointError(
+            f"checkpoint {path}: its optimizer state does not fit this agent's "
+            f"parameters ({e}); it was written by another emrl version or agent configuration. "
+            "Start a new run (or resume with the emrl version that wrote it)"
+        ) from e
+    if lrn.update > num_updates:
+        raise CheckpointError(f"checkpoint {path} is at update {lrn.update}, beyond this run's "
+                              f"{num_updates} updates (total_steps={lrn.cfg.total_steps})")
+    try:
+        set_rng_state(rng_state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint {path}: its RNG state is malformed ({e})") from e
+
+
+def _make_actor(lrn: Learner, envs, device, state: dict[str, Any] | None, path: Path | None) -> Actor:
+    """The actor; on resume with the checkpoint's environment snapshot when it has one."""
+    cfg = lrn.cfg
+    actor = Actor(envs, lrn.agent, cfg.env, seed=cfg.seed + 7919 * lrn.update, obs_rms=lrn.obs_rms,
+                  device=device, reward_scale=cfg.reward_scale)
+    if state is None:
+        return actor
+    snapshot = state.get("actor")
+    if snapshot is None or not isinstance(snapshot.get("envs"), list):  # none, or old (pickled) format
+        print(f"note: {cfg.env} could not be snapshotted with the checkpoint (only envs whose "
+              "state is plain data, such as classic control, with sync vectorization are): "
+              "the resumed run starts new episodes, so it is not bit-identical to an "
+              "uninterrupted one", file=sys.stderr)
+        return actor
+    # exact resume: the envs, observations, core state and episode statistics as they
+    # were (the fresh actor's reset also fed the normaliser: reload it)
+    try:
+        actor.load_state_dict(snapshot)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise CheckpointError(f"checkpoint {path}: its environment snapshot does not fit this run ({e})") from e
+    if lrn.obs_rms is not None:
+        lrn.obs_rms.load_state_dict(state["obs_rms"])
+    return actor
+
+
+def _zero_grads(lrn: Learner) -> None:
+    if lrn.flat is not None:
+        lrn.flat.zero_grad()
+    else:
+        for p in lrn.params:  # = opt.zero_grad(set_to_none=True), minus its hooks
+            p.grad = None
+
+
+def update_agent(lrn: Learner, batch: Batch, progress_frac: float) -> dict[str, Any]:
+    """One update on ``batch``: ``epochs`` passes over its minibatches; returns the
+    metrics of the last minibatch (and of the plug-in's ``prepare`` / ``finish_update``)."""
+    cfg, agent, algo = lrn.cfg, lrn.agent, lrn.algo
+    agent.train()
+    metrics = dict(algo.prepare(batch))
+    epoch_metrics: dict[str, Any] = {}
+    # one minibatch of a stateless agent = the whole batch, the same every epoch (no
+    # random draw): built once per update
+    whole = (list(minibatches(batch, 1, False, lrn.gen))
+             if cfg.num_minibatches == 1 and not agent.stateful else None)
+    for epoch in range(cfg.epochs):
+        mbs = whole if whole is not None else minibatches(batch, cfg.num_minibatches, agent.stateful, lrn.gen)
+        for i, mb in enumerate(mbs):
+            # the objectives' non-finite scans run on the first minibatch of the update
+            # (the batch and a fresh forward pass); later steps reuse that data, so they
+            # skip the scans (shape/argument checks always run)
+            with checks(enabled=epoch == 0 and i == 0):
+                params, values, _ = agent(mb.obs, mb.state0, mb.reset, *mb.prev())
+                # metrics are read only after the last minibatch of the last epoch
+                # (logging) or of every epoch when the algorithm may stop early
+                last = i == cfg.num_minibatches - 1 and (epoch == cfg.epochs - 1 or algo.may_stop_early)
+                loss, m = algo.loss(params, values, mb, progress=progress_frac, diagnostics=last)
+            _zero_grads(lrn)
+            loss.backward()
+            gn = clip_grad_norm(lrn.params, cfg.max_grad_norm,
+                                flat_grad=lrn.flat.grad if lrn.flat is not None else None)
+            lrn.opt_step()  # = opt.step() (bit-identical), minus its Python layers
+            algo.after_minibatch()
+            if last:
+                m["mstep/grad_norm"] = gn
+                epoch_metrics = m
+        if algo.stop_early(epoch_metrics):
+            break
+    metrics.update(epoch_metrics)
+    metrics.update(algo.finish_update(batch))
+    return metrics
+
+
+def _record(update: int, env_steps: int, batch: Batch, lr: float, t_roll: float, t_upd: float,
+            steps_per_s: float, metrics: dict[str, Any], rets: list[float], lens: list[int]) -> dict[str, Any]:
+    rec = {"step": update, "samples": env_steps,
+           "reward/mean": float(batch.rewards.mean()), "reward/std": float(batch.rewards.std()),
+           "lr": lr, "time/rollout_s": t_roll, "time/update_s": t_upd, "throughput/steps_per_s": steps_per_s,
+           **{k: _num(v) for k, v in metrics.items()}}
+    if rets:
+        rec["train/episode_return"] = float(np.mean(rets))
+        rec["train/episode_length"] = float(np.mean(lens))
+    return rec
 
 
 def train(
@@ -156,106 +256,34 @@ def train(
     configure_threads(cfg.num_threads)
     device = torch.device(cfg.device)
     run = RunDir(output_dir, resume=resume, overwrite=overwrite, defer=True)  # checks only
-    ckpt_path = run.latest_checkpoint() if resume else None
-    ckpt_state: dict[str, Any] | None = None
+    ckpt_path, ckpt = None, None
     if resume:
-        if ckpt_path is None:
-            raise CheckpointError(f"--resume: no checkpoint in {run.path} (the run stopped before its "
-                                  "first checkpoint): start it again with --overwrite")
-        ckpt_state, meta = load_checkpoint(ckpt_path, trust_pickle=trust_checkpoint)
-        for k, v in _meta(cfg).items():
-            if meta.get(k) != v:
-                raise CheckpointError(
-                    f"checkpoint {ckpt_path} was trained with {k}={meta.get(k)!r}, but this run "
-                    f"has {k}={v!r}; resume with the same {k} or start a new run"
-                )
+        ckpt_path, ckpt, _ = load_resume_checkpoint(run, _meta(cfg), trust_pickle=trust_checkpoint)
         _check_resume(cfg, run)
     seed_everything(cfg.seed)
     envs = make_vec_env(cfg.env, cfg.num_envs, vectorization=cfg.vectorization)
     try:
-        agent = build_agent(cfg, envs.single_observation_space, envs.single_action_space).to(device)
-        algo: Algorithm = build_algorithm(cfg, agent)
-        params_list = list(agent.parameters())
-        # the agent's parameters and gradients as views of one tensor each: Adam and the
-        # gradient clipping then run on one tensor (same updates; emrl.control.fastopt)
-        flat = FlatParameters(params_list) if FlatParameters.supported(params_list) else None
-        groups = [{"params": [flat.param] if flat is not None else params_list}]
-        dual_params = algo.dual_parameters()
-        if dual_params:  # η, α: own group, not annealed, not clipped
-            groups.append({"params": dual_params, "lr": cfg.dual_lr or cfg.lr})
-        opt = make_adam(groups, cfg.lr, cfg.adam_eps)
-        obs_rms = RunningMeanStd(obs_shape(envs.single_observation_space)) if cfg.normalize_obs else None
-        batch_steps = cfg.num_envs * cfg.unroll_length
-        num_updates = num_updates_of(cfg)
-        update0, wall0, env_steps = 0, 0.0, 0
-        gen = torch.Generator().manual_seed(cfg.seed)
-        if ckpt_state is not None:
-            try:
-                agent.load_state_dict(ckpt_state["agent"])
-                algo.load_state_dict(ckpt_state["algo"])
-                if obs_rms is not None:
-                    obs_rms.load_state_dict(ckpt_state["obs_rms"])
-                update0 = int(ckpt_state["update"])
-                env_steps, wall0 = int(ckpt_state["env_steps"]), float(ckpt_state["wall_time"])
-                gen.set_state(ckpt_state["minibatch_rng"])
-                rng_state = ckpt_state["rng"]
-                opt_state = ckpt_state["optimizer"]
-            except (KeyError, TypeError, ValueError, RuntimeError) as e:
-                raise CheckpointError(f"checkpoint {ckpt_path} does not fit this run: {e}") from e
-            try:
-                opt.load_state_dict(opt_state)
-            except (ValueError, KeyError, TypeError) as e:  # another parameter layout (e.g. an emrl before the flat one)
-                raise CheckpointError(
-                    f"checkpoint {ckpt_path}: its optimizer state does not fit this agent's "
-                    f"parameters ({e}); it was written by another emrl version or agent configuration. "
-                    "Start a new run (or resume with the emrl version that wrote it)"
-                ) from e
-            if update0 > num_updates:
-                raise CheckpointError(f"checkpoint {ckpt_path} is at update {update0}, beyond this run's "
-                                      f"{num_updates} updates (total_steps={cfg.total_steps})")
-            try:
-                set_rng_state(rng_state)
-            except (KeyError, TypeError, ValueError, RuntimeError) as e:
-                raise CheckpointError(f"checkpoint {ckpt_path}: its RNG state is malformed ({e})") from e
-        actor_state = ckpt_state.get("actor") if ckpt_state is not None else None
-        if actor_state is not None and not isinstance(actor_state.get("envs"), list):
-            actor_state = None  # an old-format (pickled) env snapshot: not restored
-        # everything is validated: only now is the old run removed (--overwrite) and
-        # anything written
+        lrn = _build_learner(cfg, envs, device)
+        batch_steps, num_updates = cfg.num_envs * cfg.unroll_length, num_updates_of(cfg)
+        if ckpt is not None:
+            _restore(lrn, ckpt, ckpt_path, num_updates)
+        update0 = lrn.update
+        # everything is validated: only now is the old run removed (--overwrite) and anything written
         run.prepare()
-        opt_step = AdamStep(opt)
-        actor = Actor(envs, agent, cfg.env, seed=cfg.seed + 7919 * update0, obs_rms=obs_rms, device=device,
-                      reward_scale=cfg.reward_scale)
-        if ckpt_state is not None:
-            if actor_state is not None:
-                # exact resume: the envs, observations, core state and episode statistics
-                # as they were (the fresh actor's reset also fed the normaliser: reload it)
-                try:
-                    actor.load_state_dict(actor_state)
-                except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
-                    raise CheckpointError(f"checkpoint {ckpt_path}: its environment snapshot does not "
-                                          f"fit this run ({e})") from e
-                if obs_rms is not None:
-                    obs_rms.load_state_dict(ckpt_state["obs_rms"])
-            else:
-                print(f"note: {cfg.env} could not be snapshotted with the checkpoint (only envs whose "
-                      "state is plain data, such as classic control, with sync vectorization are): "
-                      "the resumed run starts new episodes, so it is not bit-identical to an "
-                      "uninterrupted one", file=sys.stderr)
+        lrn.opt_step = AdamStep(lrn.opt)
+        actor = _make_actor(lrn, envs, device, ckpt, ckpt_path)
         run.write_config(cfg)
         # resuming from the final checkpoint: the final record (logged after it) is
         # dropped and logged again, never twice
         final_rec = (lambda r: not (r.get("step") == num_updates and "eval/return" in r)) \
             if update0 == num_updates else None
-        writer = MetricsWriter(
-            run.metrics_path, tensorboard=cfg.tensorboard, start_time=wall0,
-            report_to=cfg.report_to, config=cfg,
-            truncate_after_step=update0 if resume else None, keep=final_rec,
-        )
+        writer = MetricsWriter(run.metrics_path, tensorboard=cfg.tensorboard, start_time=lrn.wall0,
+                               report_to=cfg.report_to, config=cfg,
+                               truncate_after_step=update0 if resume else None, keep=final_rec)
         bar = progress(total=num_updates * batch_steps, desc=f"{cfg.algo} {cfg.env}", unit="step",
                        initial=update0 * batch_steps)
-        next_eval = _next_multiple(env_steps, cfg.eval_every)
-        next_ckpt = _next_multiple(env_steps, cfg.checkpoint_every)
+        logs, evals = Cadence(cfg.log_every, update0), Cadence(cfg.eval_every, lrn.env_steps)
+        saves = Cadence(cfg.save_every, lrn.env_steps)
         last_eval: float | None = None
         recent_returns: list[float] = []
         speed_t0, speed_steps = time.perf_counter(), 0
@@ -263,78 +291,31 @@ def train(
         postfix: dict[str, str] = {}
         for update in range(update0, num_updates):
             frac = 1.0 - update / num_updates  # 1 -> 0
-            lr = cfg.lr * frac if cfg.anneal_lr else cfg.lr
-            opt.param_groups[0]["lr"] = lr
+            lr = cfg.learning_rate * frac if cfg.anneal_lr else cfg.learning_rate
+            lrn.opt.param_groups[0]["lr"] = lr
             # ---- rollout with π_old = the current policy
             t0 = time.perf_counter()
-            agent.eval()
+            lrn.agent.eval()
             batch = actor.collect(cfg.unroll_length)
-            env_steps += batch_steps
+            lrn.env_steps += batch_steps
             t_roll = time.perf_counter() - t0
             # ---- update
             t1 = time.perf_counter()
-            agent.train()
-            prep_metrics = algo.prepare(batch)
-            epoch_metrics: dict[str, Any] = {}
-            # one minibatch of a stateless agent = the whole batch, the same every epoch
-            # (no random draw): built once per update
-            whole = (list(minibatches(batch, 1, False, gen))
-                     if cfg.num_minibatches == 1 and not agent.stateful else None)
-            for epoch in range(cfg.epochs):
-                mbs = whole if whole is not None else minibatches(
-                    batch, cfg.num_minibatches, agent.stateful, gen)
-                for i, mb in enumerate(mbs):
-                    # the objectives' non-finite scans run on the first minibatch of the
-                    # update (the batch and a fresh forward pass); later steps reuse that
-                    # data, so they skip the scans (shape/argument checks always run)
-                    with checks(enabled=epoch == 0 and i == 0):
-                        params, values, _ = agent(mb.obs, mb.state0, mb.reset, *mb.prev())
-                        # metrics are read only after the last minibatch of the last epoch
-                        # (logging) or of every epoch when the algorithm may stop early
-                        last = i == cfg.num_minibatches - 1 and (
-                            epoch == cfg.epochs - 1 or algo.may_stop_early)
-                        loss, m = algo.loss(params, values, mb, progress=frac, diagnostics=last)
-                    if flat is not None:
-                        flat.zero_grad()
-                    else:
-                        for p in params_list:  # = opt.zero_grad(set_to_none=True), minus its hooks
-                            p.grad = None
-                    if dual_params:
-                        for p in dual_params:
-                            p.grad = None
-                    loss.backward()
-                    gn = clip_grad_norm(params_list, cfg.max_grad_norm,
-                                        flat_grad=flat.grad if flat is not None else None)
-                    opt_step()  # = opt.step() (bit-identical), minus its Python layers
-                    algo.project_duals()
-                    if last:
-                        m["grad_norm"] = gn
-                        epoch_metrics = m
-                if algo.stop_early(epoch_metrics):
-                    break
+            metrics = update_agent(lrn, batch, frac)
             t_upd = time.perf_counter() - t1
+            lrn.update = update + 1
             speed_steps += batch_steps
             rets, lens = actor.stats.pop()
             recent_returns = (recent_returns + rets)[-20:]
             bar.update(batch_steps)
-            if (update + 1) % cfg.log_every == 0 or update + 1 == num_updates:
-                elapsed = time.perf_counter() - speed_t0
-                rec = {
-                    "step": update + 1, "samples": env_steps,
-                    "reward/mean": float(batch.rewards.mean()), "reward/std": float(batch.rewards.std()),
-                    "lr": lr, "time/rollout_s": t_roll, "time/update_s": t_upd,
-                    "throughput/steps_per_s": speed_steps / max(elapsed, 1e-9),
-                    **{k: _num(v) for k, v in prep_metrics.items()},
-                    **{k: _num(v) for k, v in epoch_metrics.items()},
-                }
-                if rets:
-                    rec["train/episode_return"] = float(np.mean(rets))
-                    rec["train/episode_length"] = float(np.mean(lens))
+            # ---- log / evaluate / checkpoint
+            if logs(update + 1) or update + 1 == num_updates:
+                rate = speed_steps / max(time.perf_counter() - speed_t0, 1e-9)
+                rec = _record(update + 1, lrn.env_steps, batch, lr, t_roll, t_upd, rate, metrics, rets, lens)
                 speed_t0, speed_steps = time.perf_counter(), 0
-            if cfg.eval_every and env_steps >= next_eval and update + 1 < num_updates:
-                last_eval = _evaluate(cfg, agent, obs_rms, device, update)
-                rec = {**rec, "step": update + 1, "samples": env_steps, "eval/return": last_eval}
-                next_eval = _next_multiple(env_steps, cfg.eval_every)
+            if update + 1 < num_updates and evals(lrn.env_steps):
+                last_eval = _evaluate(cfg, lrn.agent, lrn.obs_rms, device, update)
+                rec = {**rec, "step": update + 1, "samples": lrn.env_steps, "eval/return": last_eval}
             if rec:
                 writer.log(rec)
                 rec = {}
@@ -343,40 +324,43 @@ def train(
             if last_eval is not None:
                 postfix[eval_label(cfg)] = f"{last_eval:.1f}"
             bar.set_postfix(postfix, refresh=False)
-            if cfg.checkpoint_every and env_steps >= next_ckpt and update + 1 < num_updates:
-                _save(run, cfg, agent, opt, algo, obs_rms, update + 1, env_steps,
-                      writer.elapsed, gen, actor)
-                next_ckpt = _next_multiple(env_steps, cfg.checkpoint_every)
+            if update + 1 < num_updates and saves(lrn.env_steps):
+                _save(run, lrn, actor, writer.elapsed)
         # the final checkpoint comes before the final evaluation: if evaluating fails,
         # --resume finishes the run from here without redoing any update
         if update0 < num_updates or run.latest_checkpoint() is None:
-            _save(run, cfg, agent, opt, algo, obs_rms, num_updates, env_steps,
-                  writer.elapsed, gen, actor)
-        res = _evaluate(cfg, agent, obs_rms, device, num_updates, full=True)
+            _save(run, lrn, actor, writer.elapsed)
+        res = _evaluate(cfg, lrn.agent, lrn.obs_rms, device, num_updates, full=True)
         postfix[eval_label(cfg)] = f"{res['mean_return']:.1f}"  # the bar ends on the final line's number
         bar.set_postfix(postfix, refresh=False)
         bar.close()
-        final = {"step": num_updates, "samples": env_steps, "eval/return": res["mean_return"],
+        final = {"step": num_updates, "samples": lrn.env_steps, "eval/return": res["mean_return"],
                  "eval/return_std": res["std_return"], "eval/episodes": res["episodes"],
                  "eval/first_seed": res["seeds"][0], "eval/deterministic": float(res["deterministic"])}
         writer.log(final)
         writer.close()
-        _save_final(run, cfg, agent, obs_rms)
+        _save_final(run, cfg, lrn.agent, lrn.obs_rms)
         return {**final, "eval/summary": describe_eval(res)}
     finally:
         envs.close()
-
-
-def _next_multiple(x: int, every: int) -> int:
-    if not every:
-        return 1 << 62
-    return (x // every + 1) * every
 
 
 def _num(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
         return float(v.detach().float().mean()) if v.numel() else None
     return v
+
+
+def _save(run: RunDir, lrn: Learner, actor: Actor, wall: float) -> None:
+    state = {
+        "agent": lrn.agent.state_dict(), "optimizer": lrn.opt.state_dict(), "algo": lrn.algo.state_dict(),
+        "update": lrn.update, "env_steps": lrn.env_steps, "wall_time": wall, "rng": get_rng_state(),
+        "minibatch_rng": lrn.gen.get_state(), "actor": actor.state_dict(),
+    }
+    if lrn.obs_rms is not None:
+        state["obs_rms"] = lrn.obs_rms.state_dict()
+    write_checkpoint(run, lrn.update, state, meta={**_meta(lrn.cfg), "update": lrn.update,
+                                                    "env_steps": lrn.env_steps}, keep=lrn.cfg.keep_checkpoints)
 
 
 def eval_seed(cfg: ControlConfig, update: int) -> int:
@@ -412,19 +396,6 @@ def _evaluate(cfg: ControlConfig, agent: Agent, obs_rms, device, salt: int, full
     res = evaluate(agent, cfg.env, episodes=cfg.eval_episodes, seed=eval_seed(cfg, salt),
                    deterministic=cfg.eval_deterministic, obs_rms=obs_rms, device=device)
     return res if full else res["mean_return"]
-
-
-def _save(run, cfg, agent, opt, algo, obs_rms, update, env_steps, wall, gen, actor) -> None:
-    state = {
-        "agent": agent.state_dict(), "optimizer": opt.state_dict(), "algo": algo.state_dict(),
-        "update": update, "env_steps": env_steps, "wall_time": wall, "rng": get_rng_state(),
-        "minibatch_rng": gen.get_state(), "actor": actor.state_dict(),
-    }
-    if obs_rms is not None:
-        state["obs_rms"] = obs_rms.state_dict()
-    save_checkpoint(run.checkpoint_dir(update), state, meta={**_meta(cfg), "update": update,
-                                                               "env_steps": env_steps})
-    prune_checkpoints(run.path, cfg.keep_checkpoints)
 
 
 def _save_final(run, cfg, agent, obs_rms) -> None:

@@ -19,6 +19,10 @@ Indexing every tensor of a state along its first dimension (``tuple(s[idx] for s
 state)``) gives the state of those environments, so minibatches over environments
 work for every core. Transformer cores (spec §8) keep, per layer, the last ``M``
 hidden states (detached: no gradient flows into the memory) and a validity mask.
+
+This module holds the interface only; the cores (:mod:`~emrl.nn.mlp`,
+:mod:`~emrl.nn.lstm`, :mod:`~emrl.nn.trxl`) import it, and :func:`emrl.nn.build.build_core`
+builds one by name.
 """
 
 from __future__ import annotations
@@ -26,13 +30,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from emrl.errors import unknown_name_error
-
 State = tuple[torch.Tensor, ...]
 """A core's recurrent state: tensors with the batch dimension first, ``()`` if stateless."""
 
 CORE_NAMES = ("mlp", "lstm", "trxl", "trxl-i", "gtrxl")
-_TRANSFORMER_CORES = ("trxl", "trxl-i", "gtrxl")
+"""The cores :func:`emrl.nn.build.build_core` builds."""
 
 
 class Core(nn.Module):
@@ -64,10 +66,6 @@ def cat_states(states: list[State]) -> State:
     return tuple(torch.cat(parts, dim=0) for parts in zip(*states, strict=True))
 
 
-def detach_state(state: State) -> State:
-    return tuple(s.detach() for s in state)
-
-
 def check_core_inputs(x: torch.Tensor, reset: torch.Tensor, input_size: int) -> None:
     """Raise a clear ``ValueError`` when ``x``/``reset`` do not have shapes [T, B, D]/[T, B]."""
     if x.dim() != 3 or x.shape[-1] != input_size:
@@ -76,24 +74,3 @@ def check_core_inputs(x: torch.Tensor, reset: torch.Tensor, input_size: int) -> 
         raise ValueError(
             f"reset must have shape [T, B] = {tuple(x.shape[:2])}, got {tuple(reset.shape)}"
         )
-
-
-def build_core(name: str, input_size: int, **kwargs) -> Core:
-    """Build a core by name: ``mlp``, ``lstm`` here; ``trxl``, ``trxl-i``, ``gtrxl`` are
-    delegated to ``emrl.nn.trxl.build_core`` (imported lazily).
-
-    Unknown names raise :class:`emrl.errors.EmrlError` with close-match suggestions.
-    """
-    if name == "mlp":
-        from emrl.nn.mlp import MLPCore
-
-        return MLPCore(input_size, **kwargs)
-    if name == "lstm":
-        from emrl.nn.lstm import LSTMCore
-
-        return LSTMCore(input_size, **kwargs)
-    if name in _TRANSFORMER_CORES:
-        from emrl.nn import trxl
-
-        return trxl.build_core(name, input_size, **kwargs)
-    raise unknown_name_error("core", name, CORE_NAMES)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from emrl.errors import ConfigError, close_matches
+from emrl.errors import ConfigError, unknown_name_error
 
 GATE_NAMES = ("gru", "input", "output", "highway", "sigmoid-tanh", "residual")
 
@@ -132,7 +132,5 @@ def build_gate(name: str, d: int, gate_bias: float = 2.0) -> nn.Module:
     if name == "residual":
         return ResidualGate()
     if name not in _GATES:
-        matches = close_matches(str(name), GATE_NAMES)
-        hint = f" Did you mean: {', '.join(matches)}?" if matches else ""
-        raise ConfigError(f"unknown gate {name!r}: expected one of {', '.join(GATE_NAMES)}.{hint}")
+        raise unknown_name_error("gate", name, GATE_NAMES, error=ConfigError, list_choices=True)
     return _GATES[name](d, gate_bias)

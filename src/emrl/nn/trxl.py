@@ -235,7 +235,7 @@ class TransformerXLCore(Core):
         return h.transpose(0, 1), (torch.stack(new_memory, dim=1).detach(), new_valid)
 
 
-def build_core(
+def build_trxl_core(
     name: str,
     input_size: int,
     *,

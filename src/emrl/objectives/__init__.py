@@ -12,15 +12,23 @@ Modules:
 
 * :mod:`~emrl.objectives.returns` — discounted returns, n-step targets (spec §5), GAE
   (spec §4), group baselines, advantage normalisation. Time-major ``[T, B]``.
-* :mod:`~emrl.objectives.estep` — V-MPO (top-k + adaptive temperature dual, spec §6),
-  AWR, DAR (spec §7), SFT targets (δ, label smoothing, n-best, distillation; spec §6).
-* :mod:`~emrl.objectives.mstep` — token log-probs, weighted NLL, soft-target NLL, exact
-  and sampled KL, the α trust-region dual (spec §5 eq. 1), decoupled Gaussian KL.
+* :mod:`~emrl.objectives.positive` — the positive maps of the duals (softplus / exp,
+  spec §6), in one place.
+* :mod:`~emrl.objectives.duals` — :class:`~emrl.objectives.duals.Duals`, the holder of
+  η, α, α_μ, α_Σ with their own optimiser and the one update schedule of both loops.
+* :mod:`~emrl.objectives.estep` — V-MPO (top-k + adaptive temperature dual, spec §6);
+  :mod:`~emrl.objectives.awr_dar` — AWR, DAR (spec §7);
+  :mod:`~emrl.objectives.sft_targets` — SFT targets (δ, label smoothing, n-best,
+  distillation; spec §6). ``estep`` re-exports all of them.
+* :mod:`~emrl.objectives.mstep` — token log-probs, weighted NLL, soft-target NLL;
+  :mod:`~emrl.objectives.trust_region` — exact and sampled KL, the α trust-region dual
+  (spec §5 eq. 1), decoupled Gaussian KL (re-exported by ``mstep``).
 * :mod:`~emrl.objectives.ppo` — clipped surrogate (token / sequence), value loss,
   entropy, approximate KL (spec §4).
 """
 
 from emrl.objectives._checks import checks, checks_enabled, masked_mean, masked_sum
+from emrl.objectives.duals import DUAL_SCHEDULES, Duals
 from emrl.objectives.estep import (
     TEMPERATURE_PARAMS,
     DARInfo,
@@ -71,9 +79,6 @@ from emrl.objectives.returns import (
     nstep_targets,
 )
 
-# the same positive map parameterises the KL dual α
-positive_param = temperature
-
 __all__ = [
     # helpers
     "checks",
@@ -86,10 +91,11 @@ __all__ = [
     "gae",
     "group_advantages",
     "normalize_advantages",
-    # E-steps
+    # duals and their positive maps
+    "DUAL_SCHEDULES",
+    "Duals",
     "TEMPERATURE_PARAMS",
     "temperature",
-    "positive_param",
     "inverse_temperature_param",
     "VMPOInfo",
     "vmpo_topk",

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor
 
 _FINITE_SCANS = [True]  # a one-element list: mutable module state read by check_tensor
@@ -193,3 +194,33 @@ def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
         return x.mean()
     count = mask.sum().clamp_min(1).to(x.dtype)
     return masked_sum(x, mask) / count
+
+
+# ------------------------------------------------------------- logits (M-step, KL)
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def upcast(x: Tensor) -> Tensor:
+    return x.float() if x.dtype in _LOW_PRECISION else x
+
+
+def chunked(fn, n_chunks: int, *args: Tensor) -> Tensor:
+    """Run ``fn(*args)`` for one chunk; when there are several chunks and autograd is
+    recording, under activation checkpointing: the chunk's ``[chunk, V]`` temporaries
+    (log-softmax, upcast copies) are then not kept for backward but recomputed, so peak
+    memory is one chunk's worth instead of the whole ``[B, T, V]`` (the point of
+    chunking). Values and gradients are unchanged."""
+    if n_chunks > 1 and torch.is_grad_enabled() and any(a.requires_grad for a in args):
+        return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
+def check_logits(logits: Tensor, name: str = "logits") -> None:
+    # logits may legitimately contain -inf (a masked vocabulary entry) but never NaN or
+    # +inf; one reduction (NaN < inf is False) checks both.
+    check_tensor(logits, name, floating=True, finite=False)
+    if logits.dim() < 1 or logits.shape[-1] < 1:
+        raise ValueError(f"{name} must have a vocabulary dimension, got {tuple(logits.shape)}")
+    if checks_enabled() and not bool((logits < float("inf")).all()):
+        raise ValueError(f"{name} must not contain NaN or +inf (-inf is allowed)")
