@@ -56,7 +56,7 @@ def test_vmpo_topk_count_and_rho_floor(tmp_path):
 
 def test_vmpo_eta_moves_toward_kl_budget(tmp_path):
     eps = 0.3
-    tr = make_trainer(rl_config(algo="vmpo", eps_eta=eps, eta_init=20.0, eta_lr=0.3, top_fraction=1.0),
+    tr = make_trainer(rl_config(algo="vmpo", eps_eta=eps, eta_init=20.0, dual_lr=0.3, top_fraction=1.0),
                       tmp_path, out=None)
     b = _fixed_batch(tr, [float(i % 4) for i in range(16)])
     gaps = []
@@ -81,7 +81,7 @@ def test_vmpo_fixed_temperature_mode_keeps_eta(tmp_path):
 def test_alpha_responds_to_kl(tmp_path):
     alphas = {}
     for eps in (1e-6, 10.0):
-        cfg = rl_config(algo="vmpo", max_steps=3, epochs=3, learning_rate=1e-2, eps_alpha=eps, alpha_lr=0.2)
+        cfg = rl_config(algo="vmpo", max_steps=3, epochs=3, learning_rate=1e-2, eps_alpha=eps, dual_lr=0.2)
         tr = make_trainer(cfg, tmp_path, out=None)
         recs = []
         tr.train(callback=lambda s, r, recs=recs: recs.append(r))

@@ -35,6 +35,8 @@ class Algorithm:
     skip_zero_weight = False
     #: the forward pass must return logits / hidden-state values.
     needs_logits = False
+    #: the loop's dual holder carries a temperature η for this plug-in (V-MPO).
+    learns_temperature = False
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg

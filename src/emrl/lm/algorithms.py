@@ -36,13 +36,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from emrl import objectives as O
 from emrl.errors import ConfigError
 from emrl.lm.algorithm_base import _RL, Algorithm, _nll_loss
 from emrl.lm.ppo import PPO
 from emrl.lm.rollout import Batch
+from emrl.metrics import estep_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
     from emrl.lm.context import LoopContext
@@ -152,63 +153,46 @@ class VMPO(_RL):
     """Sequence-level V-MPO (spec §6 "Full Adaptive EM Procedure").
 
     E-step: η_det = sg[η(ξ)], top-k by A/η_det with k = max(1, ⌊ρN⌋), weights by the
-    stable log-sum-exp softmax; the temperature dual L_η = η(ε_η + g(η)) is minimised by
-    one step of its own optimiser per update (``adaptive_temperature``), or η stays fixed.
+    stable log-sum-exp softmax; the temperature dual L_η = η(ε_η + g(η)) takes one step
+    of the loop's dual holder (:class:`emrl.objectives.duals.Duals`, shared with α and
+    with the control V-MPO) per update (``adaptive_temperature``), or η stays fixed.
     M-step: weighted NLL of the selected samples under the α trust region.
     """
 
     name = "vmpo"
     skip_zero_weight = True
 
+    @property
+    def learns_temperature(self) -> bool:
+        return bool(self.cfg.adaptive_temperature)
+
     def setup(self, ctx: LoopContext) -> None:
         super().setup(ctx)
         self.needs_ref = self.cfg.kl_ref_coef > 0
         if self.needs_ref:
             self.ref = ctx.reference()
-        xi0 = O.inverse_temperature_param(torch.tensor(float(self.cfg.eta_init)), param=self.cfg.eta_param)
-        self.xi = nn.Parameter(xi0.detach().clone().float().to(ctx.device))
-        self.eta_opt = torch.optim.Adam([self.xi], lr=self.cfg.eta_lr)
+        self.duals = ctx.duals  # η lives in the loop's one dual holder (emrl.objectives.duals)
 
     def eta(self) -> float:
-        return float(O.temperature(self.xi.detach(), param=self.cfg.eta_param))
+        return self.duals.eta if self.cfg.adaptive_temperature else float(self.cfg.eta_init)
 
     def estep(self, ctx: LoopContext, batch: Batch) -> dict[str, float]:
         adv, _, metrics = self.advantages(ctx, batch)
         cfg = self.cfg
         if cfg.adaptive_temperature:
-            w, loss_eta, info = O.vmpo_estep(adv, self.xi, cfg.eps_eta, top_fraction=cfg.top_fraction,
-                                             param=cfg.eta_param, min_advantage=cfg.min_advantage)
-            if info.k > 0:  # an empty target leaves the temperature where it is
-                self.eta_opt.zero_grad(set_to_none=True)
-                loss_eta.backward()
-                self.eta_opt.step()
-            metrics["loss/temperature"] = float(loss_eta.detach())
+            # weights at the current η, then one step of L_η = η(ε_η + g(η)) — once per batch
+            # of rollouts under either dual schedule (the LM E-step is per batch)
+            w, loss_eta, info = self.duals.update_temperature(adv, cfg.eps_eta, cfg.top_fraction,
+                                                              min_advantage=cfg.min_advantage)
+            metrics["loss/temperature"] = float(loss_eta)
         else:
             w, info = O.vmpo_weights(adv, float(cfg.eta_init), top_fraction=cfg.top_fraction,
                                      min_advantage=cfg.min_advantage)
-        metrics.update(_estep_metrics(info))
+        metrics.update(estep_metrics(info))
         metrics["estep/eta"] = float(info.eta)
         metrics["estep/eta_next"] = self.eta()
         metrics.update(self._set_weights(ctx, batch, w, adv))
         return metrics
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"xi": self.xi.detach().clone(), "eta_opt": self.eta_opt.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        with torch.no_grad():
-            self.xi.copy_(state["xi"])
-        self.eta_opt.load_state_dict(state["eta_opt"])
-
-
-def _estep_metrics(info: Any) -> dict[str, float]:
-    out = {}
-    for src, dst in (("ess", "estep/ess"), ("selected_fraction", "estep/selected_fraction"),
-                     ("weight_entropy", "estep/weight_entropy"), ("kl_to_uniform", "estep/kl_to_uniform")):
-        v = getattr(info, src, None)
-        if v is not None:
-            out[dst] = float(v)
-    return out
 
 
 # ----------------------------------------------------------------------------------
@@ -229,7 +213,7 @@ class AWR(_RL):
     def estep(self, ctx: LoopContext, batch: Batch) -> dict[str, float]:
         adv, _, metrics = self.advantages(ctx, batch)
         w, info = O.awr_weights(adv, self.cfg.awr_temperature, max_weight=self.cfg.awr_max_weight)
-        metrics.update(_estep_metrics(info))
+        metrics.update(estep_metrics(info))
         metrics["estep/eta"] = float(self.cfg.awr_temperature)
         metrics.update(self._set_weights(ctx, batch, w, adv))
         return metrics
@@ -253,7 +237,7 @@ class DAR(_RL):
         logp_t = ctx.gather((batch["old_logp"] * mask).sum(1))
         w, info = O.dar_weights(logp_ref, logp_t, adv, alpha=self.cfg.dar_alpha, beta=self.cfg.dar_beta,
                                 clip_max=self.cfg.dar_clip_max)
-        metrics.update(_estep_metrics(info))
+        metrics.update(estep_metrics(info))
         for name in ("log_ref_term", "log_sample_term", "adv_term"):
             v = getattr(info, name, None)
             if v is not None:

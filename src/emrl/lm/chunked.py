@@ -29,7 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from emrl import objectives as O
 from emrl.errors import ConfigError
-from emrl.lm.forward import ForwardOut
+from emrl.lm.forward import ForwardOut, decoder_hidden, split_model  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:  # pragma: no cover
     from emrl.lm.context import LoopContext
@@ -56,32 +56,6 @@ def check_config(cfg: Any, algo_name: str) -> None:
     if what:
         raise ConfigError(f"--logp-chunk-size does not support {what}; drop --logp-chunk-size, or "
                           "use target=delta / ent_coef=0")
-
-
-def split_model(lm: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """``(decoder, output layer)`` of a transformers causal LM (peft-wrapped or not)."""
-    inner = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-    cfg = getattr(inner, "config", None)
-    for attr in ("final_logit_softcapping", "logit_scale"):
-        if getattr(cfg, attr, None):
-            raise ConfigError(f"--logp-chunk-size: {type(inner).__name__} transforms its logits "
-                              f"({attr}); run it without chunking")
-    decoder = getattr(inner, "base_model", None)
-    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
-    if decoder is None or decoder is inner or not isinstance(head, nn.Linear):
-        raise ConfigError(f"--logp-chunk-size: {type(inner).__name__} has no separate decoder and "
-                          "linear output layer")
-    return decoder, head
-
-
-def decoder_hidden(lm: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """The decoder's last hidden states ``[n, S, H]`` (after its final norm)."""
-    from emrl.lm.forward import position_ids_from_mask
-
-    decoder, _ = split_model(lm)
-    out = decoder(input_ids=input_ids, attention_mask=attention_mask,
-                  position_ids=position_ids_from_mask(attention_mask), use_cache=False)
-    return out.last_hidden_state
 
 
 def _chunk(h: Tensor, y: Tensor, W: Tensor, b: Tensor | None, old: tuple | None):

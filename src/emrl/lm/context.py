@@ -14,6 +14,8 @@ the whole interface between an algorithm and its loop:
   ``prompt_values``, ``kl_to_reference``, ``old_logits_from_mstep``;
 * models — ``reference()`` (π_ref), ``load_frozen`` (a teacher), ``make_value_head``,
   ``unwrapped`` (the bare causal LM);
+* ``duals`` — the loop's one dual holder (:class:`emrl.objectives.duals.Duals`: η for
+  V-MPO, α for the trust region; ``None`` when the run has neither);
 * ``loss_scale`` — set by the M-step (:mod:`emrl.lm.mstep`) before each update's
   minibatches: the factor that turns a minibatch's sum-reduced loss over globally
   normalised weights into a full-batch estimate (and undoes DDP's averaging).
@@ -55,8 +57,8 @@ def quiet_mstep(cfg: Any, lm: nn.Module) -> bool:
 class LoopContext:
     """The plug-ins' view of the loop (see the module docstring)."""
 
-    def __init__(self, cfg: Any, lm: nn.Module, dist: Distributed, device: Any) -> None:
-        self.cfg, self.lm, self.dist, self.device = cfg, lm, dist, device
+    def __init__(self, cfg: Any, lm: nn.Module, dist: Distributed, device: Any, duals: Any = None) -> None:
+        self.cfg, self.lm, self.dist, self.device, self.duals = cfg, lm, dist, device, duals
         self.loss_scale = 1.0
         self.policy: nn.Module | None = None
         self.rollouts: Rollouts | None = None

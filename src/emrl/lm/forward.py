@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from emrl.errors import EmrlError
+from emrl.errors import ConfigError, EmrlError
 from emrl.nn.heads import ValueHead
 from emrl.objectives import token_logprobs
 
@@ -83,6 +83,30 @@ def make_value_head(hidden_size: int) -> nn.Module:
     return head
 
 
+def split_model(lm: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """``(decoder, output layer)`` of a transformers causal LM (peft-wrapped or not)."""
+    inner = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    cfg = getattr(inner, "config", None)
+    for attr in ("final_logit_softcapping", "logit_scale"):
+        if getattr(cfg, attr, None):
+            raise ConfigError(f"--logp-chunk-size: {type(inner).__name__} transforms its logits "
+                              f"({attr}); run it without chunking")
+    decoder = getattr(inner, "base_model", None)
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    if decoder is None or decoder is inner or not isinstance(head, nn.Linear):
+        raise ConfigError(f"--logp-chunk-size: {type(inner).__name__} has no separate decoder and "
+                          "linear output layer")
+    return decoder, head
+
+
+def decoder_hidden(lm: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """The decoder's last hidden states ``[n, S, H]`` (after its final norm)."""
+    decoder, _ = split_model(lm)
+    out = decoder(input_ids=input_ids, attention_mask=attention_mask,
+                  position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+    return out.last_hidden_state
+
+
 class PolicyModule(nn.Module):
     """The causal LM plus an optional value head, as one module (so DDP syncs both)."""
 
@@ -94,8 +118,6 @@ class PolicyModule(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor, need_values: bool = False,
                 hidden_only: bool = False):
         if hidden_only:  # last hidden states instead of logits (emrl.lm.chunked)
-            from emrl.lm.chunked import decoder_hidden
-
             hidden = decoder_hidden(self.lm, input_ids, attention_mask)
             vh = self.value_head
             return hidden, (vh(hidden) if need_values and vh is not None else None)

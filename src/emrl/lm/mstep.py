@@ -16,46 +16,27 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from emrl import objectives as O
 from emrl.errors import EmrlError
 from emrl.lm.context import LoopContext, quiet_mstep
 from emrl.lm.forward import ForwardOut
 from emrl.lm.rollout import Batch
-
-
-class AlphaDual:
-    """The trust-region multiplier α = softplus(ξ_α) with its own Adam (spec §5)."""
-
-    def __init__(self, init: float, lr: float, device: Any) -> None:
-        a0 = O.inverse_temperature_param(float(init), "softplus")
-        self.param = nn.Parameter(torch.as_tensor(a0, dtype=torch.float32, device=device).clone())
-        self.opt = torch.optim.Adam([self.param], lr=lr)
-
-    def value(self) -> Tensor:
-        """sg[α] (softplus of its parameter, as in eq. 1)."""
-        return O.temperature(self.param.detach(), "softplus", 0.0)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"alpha_param": self.param.detach().clone(), "alpha_opt": self.opt.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        with torch.no_grad():
-            self.param.copy_(state["alpha_param"])
-        self.opt.load_state_dict(state["alpha_opt"])
+from emrl.metrics import trust_region_metrics
 
 
 class MStep:
     """Runs the M-step of an update over the plug-in's loss (see the module docstring).
 
-    Holds what persists across updates: the α dual, the learning-rate scale of
-    ``kl_adapt_lr`` and the count of non-finite steps in a row.
+    Holds what persists across updates besides the duals (``ctx.duals``, the loop's
+    :class:`~emrl.objectives.duals.Duals`): the learning-rate scale of ``kl_adapt_lr`` and
+    the count of non-finite steps in a row.
     """
 
     def __init__(self, cfg: Any, ctx: LoopContext, optimizer: Any, accelerator: Any) -> None:
         self.cfg, self.ctx, self.optimizer, self.accelerator = cfg, ctx, optimizer, accelerator
-        self.alpha = AlphaDual(cfg.alpha_init, cfg.alpha_lr, ctx.device) if hasattr(cfg, "alpha_init") else None
+        self.duals = ctx.duals
         self.lr_scale = 1.0  # the M-step's step-size adaptation (kl_adapt_lr), persisted
         self.nonfinite_in_a_row = 0
 
@@ -170,11 +151,11 @@ class MStep:
                 loss, m_algo = algo.loss(ctx, mb, out)
                 m.update(m_algo)
                 if per_step_dual:  # spec eq. (1) as written: α(ε − sg[KL]) + sg[α]·KL
-                    la, ainfo = O.alpha_trust_region(kl, self.alpha.param, eps)
+                    la, ainfo = self.duals.alpha_loss(kl, eps)
                     loss = loss + la
                     m["loss/alpha"] = float(ainfo.loss_alpha)
                 elif trust:  # the policy's half of eq. (1); α steps once per update
-                    loss = loss + self.alpha.value() * kl
+                    loss = loss + self.duals.kl_penalty(kl)
                 elif "old_logp" in mb:
                     with torch.no_grad():
                         m["mstep/kl"] = float(self.kl_old(mb, out))
@@ -182,8 +163,6 @@ class MStep:
                 if ok:
                     self._zero_grad()
                     acc.backward(loss)
-                    if per_step_dual and world > 1 and self.alpha.param.grad is not None:
-                        self.alpha.param.grad = ctx.dist.mean(self.alpha.param.grad)
                     if cfg.max_grad_norm > 0:
                         gn = acc.clip_grad_norm_(ctx.policy.parameters(), cfg.max_grad_norm)
                     else:
@@ -198,8 +177,8 @@ class MStep:
                     continue
                 self.nonfinite_in_a_row = 0
                 self.optimizer.step()
-                if per_step_dual:
-                    self.alpha.opt.step()
+                if per_step_dual:  # α's gradient is this process's: averaged over processes
+                    self.duals.optimizer_step(ctx.dist.mean if world > 1 else None)
                 steps += 1
                 tokens += int(mb["attention_mask"].sum())
                 for k, v in m.items():
@@ -226,8 +205,8 @@ class MStep:
 
     def _zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        if self.alpha is not None:
-            self.alpha.opt.zero_grad(set_to_none=True)
+        if self.duals is not None:
+            self.duals.zero_grad()
 
     def _count_nonfinite(self) -> None:
         self.nonfinite_in_a_row += 1
@@ -269,13 +248,8 @@ class MStep:
         if cfg.dual_schedule == "update":
             # the dual sees what the gradient steps did (before any backtracking): α rises
             # while the M-step pushes past ε_α, so the next M-step's sg[α]·KL holds it back
-            kl_m = out["mstep/kl_before_backtrack"]
-            la, ainfo = O.alpha_trust_region(torch.tensor(kl_m), self.alpha.param, eps)
-            self.alpha.opt.zero_grad(set_to_none=True)
-            la.backward()
-            self.alpha.opt.step()
+            ainfo = self.duals.update_alpha(out["mstep/kl_before_backtrack"], eps)
             out["loss/alpha"] = float(ainfo.loss_alpha)
-        out.update({"mstep/kl": kl, "mstep/kl_budget_used": kl / eps, "mstep/eps_alpha": eps,
-                    "mstep/lr_scale": self.lr_scale, "mstep/backtrack_scale": scale,
-                    "mstep/alpha": float(self.alpha.value())})
+        out.update(trust_region_metrics(kl, self.duals.get("alpha"), eps))
+        out.update({"mstep/lr_scale": self.lr_scale, "mstep/backtrack_scale": scale})
         return out

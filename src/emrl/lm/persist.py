@@ -1,7 +1,7 @@
 """Checkpoints, ``final/`` and resume of an LM run, through :mod:`emrl.checkpoint`.
 
 A checkpoint (``checkpoint-<step>/``, atomic) holds the policy and its optimiser (full
-state, gathered from shards), the scheduler, the duals, the plug-in's own state, every
+state, gathered from shards), the scheduler, the dual holder (η, α), the plug-in's own state, every
 process's RNG states, the data order, the counters, the config and the last record.
 ``final/`` is ``save_pretrained`` + tokenizer + task info, loadable by plain
 transformers. Resume checks that the checkpoint belongs to this run (kind, algorithm,
@@ -65,7 +65,7 @@ def state_dict(tr: Any) -> dict[str, Any]:
         "policy": policy,
         "optimizer": optim,
         "scheduler": tr.scheduler.state_dict(),
-        **(ms.alpha.state_dict() if ms.alpha is not None else {}),
+        "duals": tr.duals.state_dict() if tr.duals is not None else None,
         "algo": tr.algo.state_dict(),
         "rng": get_rng_state(),
         "data": tr.rollouts.state_dict(),
@@ -145,8 +145,8 @@ def load_latest(tr: Any) -> None:
         load_model_and_optimizer_state(unwrap(tr.accelerator, tr.policy), tr.optimizer,
                                        state["policy"], state["optimizer"], load_policy_state_dict)
         tr.scheduler.load_state_dict(state["scheduler"])
-        if ms.alpha is not None:
-            ms.alpha.load_state_dict(state)
+        if tr.duals is not None:
+            tr.duals.load_state_dict(state["duals"])
         tr.algo.load_state_dict(state["algo"])
         tr.rollouts.load_state_dict(state["data"])
         c = state["counters"]

@@ -90,7 +90,7 @@ class PPO(_RL):
             m1 = mask[:, 1:]
             ent = O.entropy_from_logits(out.logits, mask=m1).sum() / m1.sum().clamp(min=1)
             loss = loss - cfg.ent_coef * ent
-            metrics["ppo/entropy"] = float(ent.detach())
+            metrics["policy/entropy"] = float(ent.detach())
         return loss, metrics
 
     def stop_epochs(self, ctx: LoopContext, metrics: dict[str, float]) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from emrl.config import cfg_field, check_choices
+from emrl.config import cfg_field, check_choices, with_aliases
 from emrl.errors import ConfigError
 
 _WARNED: set[str] = set()
@@ -23,7 +23,7 @@ def warn_deprecated(old: str, new: str) -> None:
         _WARNED.add(old)
         import warnings
 
-        warnings.warn(f"{old} is deprecated; use {new}", DeprecationWarning, stacklevel=3)
+        warnings.warn(f"{old} is deprecated; use {new}", FutureWarning, stacklevel=3)
 
 ALGOS = ("vmpo", "awr", "dar", "ppo")
 SFT_TARGETS = ("delta", "label_smoothing", "nbest", "distill")
@@ -188,6 +188,7 @@ class SFTConfig(CommonTrainConfig):
         _check(self.distill_temperature > 0, f"distill_temperature must be > 0, got {self.distill_temperature}")
 
 
+@with_aliases
 @dataclass
 class RLConfig(CommonTrainConfig):
     """RL fine-tuning in one EM loop: V-MPO, AWR, DAR (E-step weights + weighted-MLE M-step
@@ -219,7 +220,9 @@ class RLConfig(CommonTrainConfig):
     eps_alpha: float = cfg_field(
         0.005, "KL budget epsilon_alpha per update (nats per token): the step size of an update", group="mstep")
     alpha_init: float = cfg_field(1.0, "initial trust-region multiplier alpha", group="mstep")
-    alpha_lr: float = cfg_field(0.05, "learning rate of alpha's dual parameter", group="mstep")
+    dual_lr: float = cfg_field(
+        0.05, "learning rate of the duals' own Adam (eta's and alpha's parameters; one optimiser)",
+        group="mstep", aliases=("eta_lr", "alpha_lr"))
     dual_schedule: str = cfg_field(
         "update", "when the duals step: once per update (the V-MPO E-step and eta's dual once per batch "
         "of rollouts, alpha's dual once on the realised KL of the whole M-step), or at every M-step "
@@ -260,7 +263,6 @@ class RLConfig(CommonTrainConfig):
         "zero-advantage ties and the M-step fits wrong answers", group="vmpo")
     eps_eta: float = cfg_field(0.1, "V-MPO KL budget epsilon_eta of the temperature dual", group="vmpo")
     eta_init: float = cfg_field(1.0, "initial (or, with adaptive_temperature off, fixed) temperature eta", group="vmpo")
-    eta_lr: float = cfg_field(0.05, "learning rate of the temperature dual parameter xi", group="vmpo")
     eta_param: str = cfg_field("softplus", "positive parameterisation of eta (spec §6)", choices=["softplus", "log"], group="vmpo")
     adaptive_temperature: bool = cfg_field(True, "optimise eta by its dual (False: fixed eta_init, for comparison)", group="vmpo")
     kl_ref_coef: float = cfg_field(0.0, "V-MPO/AWR/DAR: optional penalty coefficient on KL(pi_theta || pi_ref) per token", group="mstep")
@@ -290,7 +292,7 @@ class RLConfig(CommonTrainConfig):
         super().validate()
         _check(self.eps_alpha > 0, f"eps_alpha must be > 0, got {self.eps_alpha}")
         _check(self.alpha_init > 0, f"alpha_init must be > 0, got {self.alpha_init}")
-        _check(self.alpha_lr > 0, f"alpha_lr must be > 0, got {self.alpha_lr}")
+        _check(self.dual_lr > 0, f"dual_lr must be > 0, got {self.dual_lr}")
         _check(self.kl_chunk_size is None or self.kl_chunk_size >= 1,
                f"kl_chunk_size must be >= 1 (or None), got {self.kl_chunk_size}")
         _check(self.kl_backtrack is None or self.kl_backtrack >= 1.0,

@@ -52,6 +52,7 @@ from emrl.lm.rollout import Batch, Rollouts
 from emrl.lm.sharding import full_params, is_sharded
 from emrl.lm.train_config import CommonTrainConfig, RLConfig, SFTConfig
 from emrl.metrics import MetricsWriter
+from emrl.objectives.duals import Duals
 from emrl.progress import progress
 from emrl.rundir import RunDir
 from emrl.seeding import seed_everything
@@ -172,8 +173,9 @@ class LMTrainer:
         self.lm = model.to(self.device)
 
         # the plug-in and its context; the policy module (+ value head) and optimisers -----
-        self.ctx = LoopContext(cfg, self.lm, self.dist, self.device)
         self.algo = algorithm or make_algorithm(self.algo_name, cfg)
+        self.duals = self._make_duals()
+        self.ctx = LoopContext(cfg, self.lm, self.dist, self.device, self.duals)
         self.algo.setup(self.ctx)
         self.policy = PolicyModule(self.lm, self.algo.value_head())
         self.optimizer = torch.optim.AdamW(
@@ -211,6 +213,17 @@ class LMTrainer:
                 truncate_after_step=keep_to if resume else None)
         if self.rundir is not None:
             acc.wait_for_everyone()
+
+    def _make_duals(self) -> Duals | None:
+        """The run's one dual holder: η when the plug-in learns a temperature (V-MPO), α
+        when it uses the trust region; ``None`` when it needs neither (SFT, PPO)."""
+        cfg, algo = self.cfg, self.algo
+        eta = float(cfg.eta_init) if algo.learns_temperature else None
+        alpha = float(cfg.alpha_init) if algo.uses_trust_region and getattr(cfg, "trust_region", False) else None
+        if eta is None and alpha is None:
+            return None
+        return Duals(eta_init=eta, alpha_init=alpha, lr=cfg.dual_lr, schedule=cfg.dual_schedule,
+                     eta_param=getattr(cfg, "eta_param", "softplus"), device=self.device)
 
     def _lr_scale(self) -> float:
         """The M-step's step-size adaptation (``kl_adapt_lr``; 1 before the M-step exists)."""
@@ -437,7 +450,7 @@ class LMTrainer:
 
     @property
     def alpha_param(self) -> Tensor:
-        return self.mstep.alpha.param
+        return self.duals.params["alpha"]
 
     @property
     def generation_engine(self) -> Any:
