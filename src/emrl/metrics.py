@@ -286,3 +286,14 @@ def trust_region_metrics(kl: Any, alpha: Any, eps_alpha: float, **parts: Any) ->
            "mstep/kl_budget_used": kl_f / float(eps_alpha)}
     out.update({f"mstep/{k}": _scalar(v) for k, v in parts.items()})
     return out
+
+
+#: metric keys both training loops log for the same quantities, per algorithm (a test on
+#: each side checks its loop logs all of them)
+SHARED_METRICS: dict[str, tuple[str, ...]] = {
+    "common": ("step", "samples", "reward/mean", "reward/std", "loss/policy", "mstep/grad_norm",
+               "time/rollout_s", "time/update_s", "throughput/steps_per_s"),
+    "vmpo": ("estep/eta", "estep/ess", "estep/selected_fraction", "estep/weight_entropy", "mstep/kl",
+             "mstep/alpha", "mstep/eps_alpha", "mstep/kl_budget_used", "loss/temperature", "loss/alpha"),
+    "ppo": ("ppo/clip_fraction", "ppo/approx_kl", "ppo/ratio_std"),
+}

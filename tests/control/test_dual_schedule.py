@@ -12,7 +12,7 @@ from emrl.control.config import ControlConfig
 from emrl.control.envs import make_vec_env
 from emrl.control.rollout import Actor
 from emrl.control.train import build_agent, train
-from emrl.metrics import read_metrics
+from emrl.metrics import SHARED_METRICS, read_metrics
 from emrl.objectives.duals import Duals
 from emrl.seeding import seed_everything
 
@@ -75,8 +75,16 @@ def test_duals_step_once_per_update_or_once_per_minibatch(tmp_path, schedule, st
     opt = state["algo"]["duals"]["optimizer"]["state"]
     assert [int(s["step"]) for s in opt.values()] == [steps, steps]  # η and α
     rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss/policy" in r]
-    for key in ("estep/eta", "estep/ess", "estep/selected_fraction", "estep/weight_entropy", "mstep/kl",
-                "mstep/alpha", "mstep/eps_alpha", "mstep/kl_budget_used", "loss/temperature", "loss/alpha",
-                "policy/entropy", "mstep/grad_norm"):
+    for key in (*SHARED_METRICS["common"], *SHARED_METRICS["vmpo"], "policy/entropy"):
         assert all(key in r for r in rows), key
     assert not any("entropy" in r or "grad_norm" in r for r in rows)  # the old bare names are gone
+
+
+def test_ppo_logs_the_shared_metric_names(tmp_path):
+    cfg = ControlConfig(algo="ppo", num_envs=4, unroll_length=16, total_steps=128, epochs=2,
+                        eval_every=0, eval_episodes=1, save_every=0)
+    train(cfg, tmp_path / "run")
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss/policy" in r]
+    assert rows
+    for key in (*SHARED_METRICS["common"], *SHARED_METRICS["ppo"], "policy/entropy"):
+        assert all(key in r for r in rows), key

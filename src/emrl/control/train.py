@@ -241,6 +241,53 @@ def _record(update: int, env_steps: int, batch: Batch, lr: float, t_roll: float,
     return rec
 
 
+class _Reporter:
+    """The loop's logging and evaluation chores: a metrics record every ``log_every``
+    updates (and the last), an evaluation every ``eval_every`` env steps (before the last
+    update: the final evaluation follows the final checkpoint), the progress bar."""
+
+    def __init__(self, cfg: ControlConfig, writer: MetricsWriter, device, num_updates: int, update0: int,
+                 env_steps: int) -> None:
+        self.cfg, self.writer, self.device, self.num_updates = cfg, writer, device, num_updates
+        batch_steps = cfg.num_envs * cfg.unroll_length
+        self.bar = progress(total=num_updates * batch_steps, desc=f"{cfg.algo} {cfg.env}", unit="step",
+                            initial=update0 * batch_steps)
+        self.logs, self.evals = Cadence(cfg.log_every, update0), Cadence(cfg.eval_every, env_steps)
+        self.last_eval: float | None = None
+        self.recent_returns: list[float] = []
+        self.speed_t0, self.speed_steps = time.perf_counter(), 0
+        self.postfix: dict[str, str] = {}
+
+    def after_update(self, lrn: Learner, batch: Batch, lr: float, times: tuple[float, float],
+                     metrics: dict[str, Any], episodes: tuple[list[float], list[int]]) -> None:
+        cfg, n = self.cfg, lrn.update
+        rets, lens = episodes
+        batch_steps = cfg.num_envs * cfg.unroll_length
+        self.speed_steps += batch_steps
+        self.recent_returns = (self.recent_returns + rets)[-20:]
+        self.bar.update(batch_steps)
+        rec: dict[str, Any] = {}
+        if self.logs(n) or n == self.num_updates:
+            rate = self.speed_steps / max(time.perf_counter() - self.speed_t0, 1e-9)
+            rec = _record(n, lrn.env_steps, batch, lr, *times, rate, metrics, rets, lens)
+            self.speed_t0, self.speed_steps = time.perf_counter(), 0
+        if n < self.num_updates and self.evals(lrn.env_steps):
+            self.last_eval = _evaluate(cfg, lrn.agent, lrn.obs_rms, self.device, n - 1)
+            rec = {**rec, "step": n, "samples": lrn.env_steps, "eval/return": self.last_eval}
+        if rec:
+            self.writer.log(rec)
+        self.postfix = {"train_return(sampled, last 20 ep)":
+                        f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "-"}
+        if self.last_eval is not None:
+            self.postfix[eval_label(cfg)] = f"{self.last_eval:.1f}"
+        self.bar.set_postfix(self.postfix, refresh=False)
+
+    def close(self, res: dict[str, Any]) -> None:
+        self.postfix[eval_label(self.cfg)] = f"{res['mean_return']:.1f}"  # the bar ends on the final number
+        self.bar.set_postfix(self.postfix, refresh=False)
+        self.bar.close()
+
+
 def train(
     cfg: ControlConfig, output_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
     trust_checkpoint: bool = False,
@@ -280,15 +327,8 @@ def train(
         writer = MetricsWriter(run.metrics_path, tensorboard=cfg.tensorboard, start_time=lrn.wall0,
                                report_to=cfg.report_to, config=cfg,
                                truncate_after_step=update0 if resume else None, keep=final_rec)
-        bar = progress(total=num_updates * batch_steps, desc=f"{cfg.algo} {cfg.env}", unit="step",
-                       initial=update0 * batch_steps)
-        logs, evals = Cadence(cfg.log_every, update0), Cadence(cfg.eval_every, lrn.env_steps)
+        rep = _Reporter(cfg, writer, device, num_updates, update0, lrn.env_steps)
         saves = Cadence(cfg.save_every, lrn.env_steps)
-        last_eval: float | None = None
-        recent_returns: list[float] = []
-        speed_t0, speed_steps = time.perf_counter(), 0
-        rec: dict[str, Any] = {}
-        postfix: dict[str, str] = {}
         for update in range(update0, num_updates):
             frac = 1.0 - update / num_updates  # 1 -> 0
             lr = cfg.learning_rate * frac if cfg.anneal_lr else cfg.learning_rate
@@ -304,26 +344,8 @@ def train(
             metrics = update_agent(lrn, batch, frac)
             t_upd = time.perf_counter() - t1
             lrn.update = update + 1
-            speed_steps += batch_steps
-            rets, lens = actor.stats.pop()
-            recent_returns = (recent_returns + rets)[-20:]
-            bar.update(batch_steps)
             # ---- log / evaluate / checkpoint
-            if logs(update + 1) or update + 1 == num_updates:
-                rate = speed_steps / max(time.perf_counter() - speed_t0, 1e-9)
-                rec = _record(update + 1, lrn.env_steps, batch, lr, t_roll, t_upd, rate, metrics, rets, lens)
-                speed_t0, speed_steps = time.perf_counter(), 0
-            if update + 1 < num_updates and evals(lrn.env_steps):
-                last_eval = _evaluate(cfg, lrn.agent, lrn.obs_rms, device, update)
-                rec = {**rec, "step": update + 1, "samples": lrn.env_steps, "eval/return": last_eval}
-            if rec:
-                writer.log(rec)
-                rec = {}
-            postfix = {"train_return(sampled, last 20 ep)":
-                       f"{np.mean(recent_returns):.1f}" if recent_returns else "-"}
-            if last_eval is not None:
-                postfix[eval_label(cfg)] = f"{last_eval:.1f}"
-            bar.set_postfix(postfix, refresh=False)
+            rep.after_update(lrn, batch, lr, (t_roll, t_upd), metrics, actor.stats.pop())
             if update + 1 < num_updates and saves(lrn.env_steps):
                 _save(run, lrn, actor, writer.elapsed)
         # the final checkpoint comes before the final evaluation: if evaluating fails,
@@ -331,9 +353,7 @@ def train(
         if update0 < num_updates or run.latest_checkpoint() is None:
             _save(run, lrn, actor, writer.elapsed)
         res = _evaluate(cfg, lrn.agent, lrn.obs_rms, device, num_updates, full=True)
-        postfix[eval_label(cfg)] = f"{res['mean_return']:.1f}"  # the bar ends on the final line's number
-        bar.set_postfix(postfix, refresh=False)
-        bar.close()
+        rep.close(res)
         final = {"step": num_updates, "samples": lrn.env_steps, "eval/return": res["mean_return"],
                  "eval/return_std": res["std_return"], "eval/episodes": res["episodes"],
                  "eval/first_seed": res["seeds"][0], "eval/deterministic": float(res["deterministic"])}
