@@ -5,7 +5,8 @@ state, gathered from shards), the scheduler, the dual holder (η, α), the plug-
 process's RNG states, the data order, the counters, the config and the last record.
 ``final/`` is ``save_pretrained`` + tokenizer + task info, loadable by plain
 transformers. Resume checks that the checkpoint belongs to this run (kind, algorithm,
-model, task, seed) and that the config changed only in :data:`RESUMABLE_CHANGES`.
+model, task, seed) and that the config changed only in :data:`RESUMABLE_CHANGES` — the
+shared chores of :mod:`emrl.runloop`, with the control loop's strictness.
 
 The functions take the trainer (:class:`emrl.lm.trainer.LMTrainer`) as ``tr`` and read
 and set its components; nothing here imports the trainer.
@@ -21,12 +22,8 @@ from torch import nn
 
 from emrl.checkpoint import (
     atomic_dir,
-    latest_checkpoint,
-    load_checkpoint,
-    prune_checkpoints,
-    save_checkpoint,
 )
-from emrl.config import apply_aliases, to_dict
+from emrl.config import to_dict
 from emrl.errors import CheckpointError, EmrlError
 from emrl.lm.lora import is_lora, load_policy_state_dict, policy_state_dict
 from emrl.lm.lora import save_pretrained as lora_save
@@ -36,7 +33,8 @@ from emrl.lm.sharding import (
     load_model_and_optimizer_state,
     model_and_optimizer_state,
 )
-from emrl.rundir import check_resume_config
+from emrl.runloop import check_resume, load_resume_checkpoint
+from emrl.runloop import write_checkpoint as write_run_checkpoint
 from emrl.seeding import get_rng_state, set_rng_state
 
 #: config fields that may change between a run and its ``--resume`` (they do not change
@@ -86,9 +84,9 @@ def write_checkpoint(tr: Any) -> Path | None:
     path = tr.rundir.path / f"checkpoint-{tr.step}"
     rng_ranks = tr.dist.rng_states()  # every process takes part (a collective)
     state = state_dict(tr)  # on every process: a sharded policy gathers its full state
-    if tr.dist.is_main:
-        save_checkpoint(path, {**state, "rng_ranks": rng_ranks}, meta=meta(tr))
-        prune_checkpoints(tr.rundir.path, tr.cfg.keep_checkpoints)
+    if tr.dist.is_main:  # written and pruned by the shared chore (emrl.runloop)
+        write_run_checkpoint(tr.rundir, tr.step, {**state, "rng_ranks": rng_ranks}, meta=meta(tr),
+                             keep=tr.cfg.keep_checkpoints)
     tr.dist.barrier()
     return path
 
@@ -119,27 +117,16 @@ def write_final(tr: Any) -> Path | None:
 
 def load_latest(tr: Any) -> None:
     """Continue ``tr`` from the latest complete checkpoint of its run directory."""
-    ck = latest_checkpoint(tr.rundir.path)
-    if ck is None:
-        raise CheckpointError(f"--resume: no complete checkpoint in {tr.rundir.path} (the run stopped "
-                              "before its first checkpoint): start it again with --overwrite")
-    state, saved_meta = load_checkpoint(ck, trust_pickle=tr.trust_checkpoint)
     mine = meta(tr)
-    for key in ("kind", "algo", "model", "task", "seed"):
-        if saved_meta.get(key) != mine.get(key):
-            raise CheckpointError(
-                f"checkpoint {ck} does not match this run: its {key} is {saved_meta.get(key)!r}, this run's "
-                f"is {mine.get(key)!r}")
-    saved_cfg = apply_aliases(type(tr.cfg), state.get("config", {}))  # e.g. reward_fns
-    if not isinstance(saved_cfg, dict):
-        raise CheckpointError(f"checkpoint {ck} is malformed: its config is not a mapping")
+    ck, state, saved_meta = load_resume_checkpoint(
+        tr.rundir, {k: mine[k] for k in ("kind", "algo", "model", "task", "seed")},
+        trust_pickle=tr.trust_checkpoint)
     # a time budget is a horizon too: the schedule (and the annealed KL budget) runs over it
     free = [k for k in RESUMABLE_CHANGES if k != "max_minutes" or tr.cfg.lr_scheduler == "constant"]
-    check_resume_config(
-        saved_cfg, to_dict(tr.cfg), free=free, where=f"the run in {tr.rundir.path}",
-        horizon="max_steps", horizon_ok=tr.cfg.lr_scheduler == "constant",
-        horizon_why=f"the learning-rate schedule (lr_scheduler={tr.cfg.lr_scheduler} decays over "
-                    "max_steps)")
+    check_resume(tr.cfg, state.get("config", {}), free=free, where=f"the run in {tr.rundir.path}",
+                 horizon="max_steps", horizon_ok=tr.cfg.lr_scheduler == "constant",
+                 horizon_why=f"the learning-rate schedule (lr_scheduler={tr.cfg.lr_scheduler} decays over "
+                             "max_steps)")
     ms = tr.mstep
     try:
         load_model_and_optimizer_state(unwrap(tr.accelerator, tr.policy), tr.optimizer,

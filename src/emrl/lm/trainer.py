@@ -55,6 +55,7 @@ from emrl.metrics import MetricsWriter
 from emrl.objectives.duals import Duals
 from emrl.progress import progress
 from emrl.rundir import RunDir
+from emrl.runloop import Cadence
 from emrl.seeding import seed_everything
 from emrl.threads import configure_threads
 
@@ -282,6 +283,8 @@ class LMTrainer:
         budget_s = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
         last: dict[str, Any] = {}
         empty_run = 0
+        # what the loop does every N updates (emrl.runloop, shared with the control loop)
+        log_due, eval_due, save_due = (Cadence(n, self.step) for n in (cfg.log_every, cfg.eval_every, cfg.save_every))
         try:
             if self.step == 0 and cfg.eval_at_start and cfg.max_steps > 0:
                 start = self._eval_metrics()  # the start model: every curve begins at step 0
@@ -304,16 +307,16 @@ class LMTrainer:
                 self.step += 1
                 self.samples += self.dist.global_count(len(batch)) if algo.name != "sft" else cfg.batch_size
                 last = rec = self._record(est, mst, t0, t1, t2)
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+                if eval_due(self.step) and self.step < cfg.max_steps:
                     rec.update(self._eval_metrics())
                 self.elapsed = time.time() - t_start
-                if self.step % cfg.log_every == 0 and self.step < cfg.max_steps:
+                if log_due(self.step) and self.step < cfg.max_steps:
                     self._log(rec)
                 if callback is not None:
                     callback(self.step, rec)
                 bar.set_postfix(self._postfix(rec), refresh=False)
                 bar.update(1)
-                if self.step < cfg.max_steps and cfg.save_every and self.step % cfg.save_every == 0:
+                if save_due(self.step) and self.step < cfg.max_steps:
                     self.save_checkpoint()
             return self._finish(last, t_start)
         finally:
