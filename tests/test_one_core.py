@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent / "lm"))  # the LM tests' tiny mode
 
 from trainer_helpers import make_trainer, rl_config  # noqa: E402
 
+from emrl.api import VMPOConfig  # noqa: E402
 from emrl.control.algos import build_algorithm  # noqa: E402
 from emrl.control.config import ControlConfig  # noqa: E402
 from emrl.control.envs import make_vec_env  # noqa: E402
@@ -128,6 +129,7 @@ def test_old_lm_dual_names_still_work_and_warn():
         warnings.simplefilter("always")
         cfg = RLConfig(eta_lr=0.2)
         step = RLConfig(dual_schedule="step")
-    assert cfg.dual_lr == 0.2 and step.dual_schedule == "minibatch"
+        api = VMPOConfig(alpha_lr=0.3, output_dir="unused")
+    assert cfg.dual_lr == 0.2 and step.dual_schedule == "minibatch" and api.dual_lr == 0.3
     assert any("eta_lr" in str(w.message) for w in caught)
     assert any("dual_schedule='step'" in str(w.message) for w in caught)
