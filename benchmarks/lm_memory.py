@@ -72,8 +72,8 @@ def worker(V: int, L: int, n: int, chunk: int | None, threads: int) -> dict:
                      {"prompts": ["p>"] * n, "texts": ["x"] * n, "rows": [task.train[0]] * n})
 
     def update():
-        b = tr.algo.finish_batch(tr, batch())
-        tr.algo.estep(tr, b)
+        b = tr.algo.finish_batch(tr.ctx, batch())
+        tr.algo.estep(tr.ctx, b)
         return tr._mstep(b)
 
     update()  # warm-up: AdamW state, allocator pools

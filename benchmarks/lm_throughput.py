@@ -4,7 +4,9 @@
   ``--samples`` completions for each of ``--prompts`` held-out prompts of the default task
   at temperature 1; tokens/s counts generated completion tokens (EOS included);
 * SFT: one training step of plain SFT (δ target, spec §6): teacher-forced
-  ``completion_logprobs`` → ``weighted_nll`` (token mean) → backward → AdamW step, on
+  the training forward pass (``emrl.lm.forward.policy_forward`` over the trainer's
+  ``PolicyModule``, as ``LMTrainer``'s M-step runs it) → ``weighted_nll`` (token mean) →
+  backward → AdamW step, on
   ``--batch-size`` (prompt, answer) pairs of the default task; tokens/s counts all
   non-padding tokens of the batch (prompt + completion), and completion tokens separately.
 
@@ -40,7 +42,7 @@ os.environ.setdefault("EMRL_PROGRESS", "0")
 import torch  # noqa: E402
 
 from emrl.lm.evaluate import evaluate  # noqa: E402
-from emrl.lm.forward import completion_logprobs, encode_prompt_completion  # noqa: E402
+from emrl.lm.forward import PolicyModule, encode_prompt_completion, policy_forward  # noqa: E402
 from emrl.lm.generation import generate  # noqa: E402
 from emrl.lm.models import TinyModelConfig, load_model_and_tokenizer, num_parameters  # noqa: E402
 from emrl.lm.tasks import load_task  # noqa: E402
@@ -49,12 +51,11 @@ from emrl.objectives import weighted_nll  # noqa: E402
 
 def sft_round(model, opt, batch, steps: int) -> float:
     """Seconds per SFT step, averaged over ``steps`` steps."""
-    model.train()
+    policy = PolicyModule(model)  # the module the trainer wraps (no value head for SFT)
+    policy.train()
     t0 = time.perf_counter()
     for _ in range(steps):
-        logp = completion_logprobs(
-            model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
-        )
+        logp = policy_forward(policy, batch).logp
         loss, _ = weighted_nll(logp, batch["completion_mask"], reduction="token_mean")
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -162,7 +163,7 @@ def learning_curve(args, tiny_cfg) -> list[dict]:
         rows = rng.sample(task.train, 64)
         b = encode_prompt_completion(tok, [r["prompt"] for r in rows], [r["completion"] for r in rows])
         model.train()
-        logp = completion_logprobs(model, b["input_ids"], b["attention_mask"], b["completion_mask"])
+        logp = policy_forward(PolicyModule(model).train(), b).logp
         loss, _ = weighted_nll(logp, b["completion_mask"], reduction="token_mean")
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -85,8 +85,8 @@ def main() -> None:
             b = _clone(batch0)
             t0 = time.perf_counter()
             if not isinstance(cfg, SFTConfig):
-                tr.algo.finish_batch(tr, b)
-            tr.algo.estep(tr, b)
+                tr.algo.finish_batch(tr.ctx, b)
+            tr.algo.estep(tr.ctx, b)
             tr._mstep(b)
             times.append(time.perf_counter() - t0)
         tokens = int(batch0["attention_mask"].sum()) * args.epochs

@@ -86,7 +86,8 @@ def test_bad_sft_option_is_one_clear_line_and_writes_nothing(lm, tmp_path, capsy
     ("lr_scheduler: cosinee\n", ["'lr_scheduler'", "must be one of constant, linear, cosine", "'cosinee'",
                                  "Did you mean: cosine"]),
     ("target: deltaa\n", ["'target'", "must be one of delta", "Did you mean: delta"]),
-    ("kl_estimator: k4\n", ["'kl_estimator'", "must be one of exact, k3"]),
+    ("mixed_precision: bf17\n", ["'mixed_precision'", "must be one of no, bf16, fp16", "Did you mean: bf16"]),
+    ("kl_estimator: k3\n", ["unknown field 'kl_estimator'"]),  # RL-only: not an SFT field
     ("stepz: 3\n", ["unknown field 'stepz'"]),
     ("- a\n- b\n", ["must hold a mapping"]),
     ("max_steps: [1\n", ["not valid YAML"]),

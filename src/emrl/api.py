@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emrl.config import cfg_field
+from emrl.config import cfg_field, with_aliases
 from emrl.errors import ConfigError, EmrlError
 from emrl.lm import train_config as _tc
 
@@ -63,12 +63,14 @@ class SFTConfig(_tc.SFTConfig):
     overwrite_output_dir: bool = cfg_field(False, "replace a run already in output_dir")
 
 
+@with_aliases  # old field names (eta_lr, alpha_lr, ...) as Python keywords too
 @dataclass
 class _RLArgs(_tc.RLConfig):
     output_dir: str = cfg_field("emrl_output", "run directory (config.yaml, metrics.jsonl, checkpoints, final/)")
     overwrite_output_dir: bool = cfg_field(False, "replace a run already in output_dir")
 
 
+@with_aliases  # old field names (eta_lr, alpha_lr, ...) as Python keywords too
 @dataclass
 class VMPOConfig(_RLArgs):
     """V-MPO (spec §5, §6): top-k, adaptive temperature η by its dual, weighted MLE under the
@@ -77,6 +79,7 @@ class VMPOConfig(_RLArgs):
     algo: str = _fixed_algo("vmpo")
 
 
+@with_aliases  # old field names (eta_lr, alpha_lr, ...) as Python keywords too
 @dataclass
 class AWRConfig(_RLArgs):
     """AWR (spec §7): fixed temperature, clipped exponential advantage weights."""
@@ -84,6 +87,7 @@ class AWRConfig(_RLArgs):
     algo: str = _fixed_algo("awr")
 
 
+@with_aliases  # old field names (eta_lr, alpha_lr, ...) as Python keywords too
 @dataclass
 class DARConfig(_RLArgs):
     """DAR (spec §7): the closed-form target mixing π_ref and π_old with coefficients α, β."""
@@ -91,6 +95,7 @@ class DARConfig(_RLArgs):
     algo: str = _fixed_algo("dar")
 
 
+@with_aliases  # old field names (eta_lr, alpha_lr, ...) as Python keywords too
 @dataclass
 class PPOConfig(_RLArgs):
     """PPO (spec §4): clipped importance ratio per token (value head + GAE) or per sequence."""

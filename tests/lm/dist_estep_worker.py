@@ -43,8 +43,8 @@ def fixed_batch_estep(tr: LMTrainer, task) -> dict:
     texts = [f"{j % 9}{'x' * (j % 3)}" for j in range(tr.rank * n, (tr.rank + 1) * n)]
     b = tr.encode([r["prompt"] for r in rows for _ in range(K)], texts, [r for r in rows for _ in range(K)])
     b["rewards"] = torch.tensor(REWARDS[tr.rank * n:(tr.rank + 1) * n])
-    tr.algo.finish_batch(tr, b)
-    metrics = tr.algo.estep(tr, b)
+    tr.algo.finish_batch(tr.ctx, b)
+    metrics = tr.algo.estep(tr.ctx, b)
     key = "advantages" if "advantages" in b else "weights"
     glob = tr.gather(b[key].contiguous())
     return {"values": glob.tolist(), "metrics": metrics, "world": tr.world}

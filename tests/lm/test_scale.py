@@ -77,7 +77,7 @@ def test_chunked_trainer_forward_and_kl_have_the_plain_gradients(tmp_path):
         tr.cfg.logp_chunk_size = chunk
         b = tr.encode([r["prompt"] for r in rows], ["12", "345", "6", "7890"], rows)
         b["rewards"] = torch.zeros(4)
-        b = tr.algo.finish_batch(tr, b)
+        b = tr.algo.finish_batch(tr.ctx, b)
         with torch.no_grad():
             for p, e in zip(tr.lm.parameters(), noise, strict=True):
                 p.add_(e)  # the M-step's π_θ differs from the rollout's π_old
@@ -123,7 +123,7 @@ def test_chunking_bounds_the_vocabulary_sized_memory(tmp_path):
         rows = tr.task.train[:8]
         b = tr.encode([r["prompt"] for r in rows], ["12345678"] * 8, rows)
         b["rewards"] = torch.zeros(8)
-        b = tr.algo.finish_batch(tr, b)
+        b = tr.algo.finish_batch(tr.ctx, b)
         n, S = b["input_ids"].shape
         got[chunk] = (_largest_saved(tr, b), n * S * V, "old_logits" in b, "old_hidden" in b)
     big, nsv, has_logits, _ = got[None]

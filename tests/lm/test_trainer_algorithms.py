@@ -41,14 +41,14 @@ def _fixed_batch(tr, rewards):
     texts = [f"{i % 7}a" for i in range(len(rewards))]
     b = tr.encode(prompts, texts, [r for r in rows for _ in range(k)])
     b["rewards"] = torch.tensor(rewards, dtype=torch.float32)
-    return tr.algo.finish_batch(tr, b)
+    return tr.algo.finish_batch(tr.ctx, b)
 
 
 def test_vmpo_topk_count_and_rho_floor(tmp_path):
     for rho, n_expected in ((0.5, 8), (0.25, 4), (0.01, 1)):  # k = max(1, floor(rho N)), N = 16
         tr = make_trainer(rl_config(algo="vmpo", top_fraction=rho), tmp_path, out=None)
         b = _fixed_batch(tr, [float(i % 5) + 0.1 * i for i in range(16)])
-        m = tr.algo.estep(tr, b)
+        m = tr.algo.estep(tr.ctx, b)
         assert int((b["weights"] > 0).sum()) == n_expected
         assert m["estep/selected_fraction"] == pytest.approx(n_expected / 16)
         assert float(b["weights"].sum()) == pytest.approx(1.0, abs=1e-6)
@@ -56,12 +56,12 @@ def test_vmpo_topk_count_and_rho_floor(tmp_path):
 
 def test_vmpo_eta_moves_toward_kl_budget(tmp_path):
     eps = 0.3
-    tr = make_trainer(rl_config(algo="vmpo", eps_eta=eps, eta_init=20.0, eta_lr=0.3, top_fraction=1.0),
+    tr = make_trainer(rl_config(algo="vmpo", eps_eta=eps, eta_init=20.0, dual_lr=0.3, top_fraction=1.0),
                       tmp_path, out=None)
     b = _fixed_batch(tr, [float(i % 4) for i in range(16)])
     gaps = []
     for _ in range(150):
-        m = tr.algo.estep(tr, b)
+        m = tr.algo.estep(tr.ctx, b)
         gaps.append(abs(m["estep/kl_to_uniform"] - eps))
     # from a far too high temperature (weights ~ uniform, KL ~ 0) η falls until the
     # E-step's KL to uniform meets its budget ε_η
@@ -73,7 +73,7 @@ def test_vmpo_fixed_temperature_mode_keeps_eta(tmp_path):
     tr = make_trainer(rl_config(algo="vmpo", adaptive_temperature=False, eta_init=0.7), tmp_path, out=None)
     b = _fixed_batch(tr, [float(i % 4) for i in range(16)])
     for _ in range(3):
-        m = tr.algo.estep(tr, b)
+        m = tr.algo.estep(tr.ctx, b)
     assert m["estep/eta"] == pytest.approx(0.7)
     assert "loss/temperature" not in m
 
@@ -81,7 +81,7 @@ def test_vmpo_fixed_temperature_mode_keeps_eta(tmp_path):
 def test_alpha_responds_to_kl(tmp_path):
     alphas = {}
     for eps in (1e-6, 10.0):
-        cfg = rl_config(algo="vmpo", max_steps=3, epochs=3, learning_rate=1e-2, eps_alpha=eps, alpha_lr=0.2)
+        cfg = rl_config(algo="vmpo", max_steps=3, epochs=3, learning_rate=1e-2, eps_alpha=eps, dual_lr=0.2)
         tr = make_trainer(cfg, tmp_path, out=None)
         recs = []
         tr.train(callback=lambda s, r, recs=recs: recs.append(r))
@@ -130,20 +130,20 @@ def test_dar_weights_equal_vmpo_weights_as_alpha_to_zero(tmp_path):
     # make π_ref differ from π_t so only the α → 0 limit can explain equality
     with torch.no_grad():
         b["ref_logp"] = b["ref_logp"] + torch.randn_like(b["ref_logp"]) * b["completion_mask"]
-    dar.algo.estep(dar, b)
+    dar.algo.estep(dar.ctx, b)
     vm = make_trainer(rl_config(algo="vmpo", adaptive_temperature=False, eta_init=eta, top_fraction=1.0,
                                     min_advantage=None),
                       tmp_path, out=None)
     b2 = copy.copy(b)
     b2.tensors = dict(b.tensors)
-    vm.algo.estep(vm, b2)
+    vm.algo.estep(vm.ctx, b2)
     assert torch.allclose(b["weights"], b2["weights"], atol=1e-6)
     # and with a non-vanishing α they differ
     dar2 = make_trainer(rl_config(algo="dar", dar_alpha=0.5, dar_beta=eta - 0.5 + 1e-9, dar_clip_max=None),
                         tmp_path, out=None)
     b3 = copy.copy(b)
     b3.tensors = dict(b.tensors)
-    dar2.algo.estep(dar2, b3)
+    dar2.algo.estep(dar2.ctx, b3)
     assert not torch.allclose(b3["weights"], b2["weights"], atol=1e-3)
 
 
@@ -182,8 +182,8 @@ def test_default_mstep_spends_the_kl_budget(tmp_path, algo):
     cfg = _defaults(algo=algo)
     tr = make_trainer(cfg, tmp_path, out=None)
     for _ in range(3):
-        b = tr.algo.collect(tr, tr.step)
-        tr.algo.estep(tr, b)
+        b = tr.algo.collect(tr.ctx, tr.step)
+        tr.algo.estep(tr.ctx, b)
         if not getattr(tr.algo, "target_empty", False):
             break
     # the states the trust region covers: V-MPO's selected samples (trust_region_states)
@@ -214,12 +214,12 @@ def test_large_learning_rates_stay_inside_the_budget(tmp_path, lr):
 
 def test_vmpo_target_puts_no_weight_on_non_positive_advantages(tmp_path):
     tr = make_trainer(_defaults(algo="vmpo"), tmp_path, out=None)
-    b = tr.algo.collect(tr, 0)
-    m = tr.algo.estep(tr, b)
+    b = tr.algo.collect(tr.ctx, 0)
+    m = tr.algo.estep(tr.ctx, b)
     assert m["estep/weight_nonpositive"] == 0.0
     plain = make_trainer(_defaults(algo="vmpo", min_advantage=None, top_fraction=1.0), tmp_path, out=None)
-    b2 = plain.algo.collect(plain, 0)
-    m2 = plain.algo.estep(plain, b2)
+    b2 = plain.algo.collect(plain.ctx, 0)
+    m2 = plain.algo.estep(plain.ctx, b2)
     if m2["estep/positive_fraction"] < 1.0:  # plain top-k over everything weights ties and losers
         assert m2["estep/weight_nonpositive"] > 0.0
 

@@ -142,9 +142,9 @@ def test_identical_rewards_in_a_group_give_uniform_weights(tmp_path):
                       [r for r in rows for _ in range(4)])
         b["rewards"] = torch.tensor([1.0] * 4 + [0.0, 1.0, 0.0, 1.0] * 3)  # group 0: all equal
         if algo == "dar":
-            tr.algo.finish_batch(tr, b)
+            tr.algo.finish_batch(tr.ctx, b)
             b["ref_logp"] = b["old_logp"].clone()  # π_ref = π_t: weights depend on A only
-        tr.algo.estep(tr, b)
+        tr.algo.estep(tr.ctx, b)
         w = b["weights"]
         assert bool(torch.isfinite(w).all()), algo
         assert torch.allclose(w[:4], w[0].expand(4)), (algo, w[:4])
@@ -246,8 +246,8 @@ def test_cli_sft_then_train_with_resume(tmp_path, capsys):
 def test_kl_estimators_and_chunking(tmp_path):
     tr = make_trainer(rl_config(algo="vmpo", max_steps=1, epochs=3, learning_rate=1e-2, kl_early_stop=False,
                                 kl_backtrack=None), tmp_path, out=None)
-    b = tr.algo.collect(tr, 0)
-    tr.algo.estep(tr, b)
+    b = tr.algo.collect(tr.ctx, 0)
+    tr.algo.estep(tr.ctx, b)
     tr._mstep(b)  # move the policy away from pi_old
     out = tr.forward(b, train=False, need_logits=True, grad=False)
     exact = float(tr._kl_old(b, out))

@@ -23,12 +23,12 @@ def test_sft_target_fits_demonstrations(tmp_path, target):
 
 def test_delta_loss_is_weighted_nll_of_demonstrations(tmp_path):
     tr = make_trainer(sft_config(batch_size=8), tmp_path, out=None)
-    b = tr.algo.collect(tr, 0)
-    tr.algo.estep(tr, b)
+    b = tr.algo.collect(tr.ctx, 0)
+    tr.algo.estep(tr.ctx, b)
     assert torch.allclose(b["weights"], torch.full((8,), 1 / 8))
-    tr.loss_scale = 1.0
+    tr.ctx.loss_scale = 1.0
     out = tr.forward(b, train=False, need_logits=True, grad=False)
-    loss, _ = tr.algo.loss(tr, b, out)
+    loss, _ = tr.algo.loss(tr.ctx, b, out)
     ref, _ = O.weighted_nll(out.logp, b["completion_mask"], torch.full((8,), 1 / 8))
     assert float(loss) == pytest.approx(float(ref), rel=1e-5)
 
@@ -37,11 +37,11 @@ def test_label_smoothing_differs_from_delta(tmp_path):
     losses = {}
     for target in ("delta", "label_smoothing"):
         tr = make_trainer(sft_config(target=target, label_smoothing=0.3), tmp_path, out=None)
-        b = tr.algo.collect(tr, 0)
-        tr.algo.estep(tr, b)
-        tr.loss_scale = 1.0
+        b = tr.algo.collect(tr.ctx, 0)
+        tr.algo.estep(tr.ctx, b)
+        tr.ctx.loss_scale = 1.0
         out = tr.forward(b, train=False, need_logits=True, grad=False)
-        losses[target] = float(tr.algo.loss(tr, b, out)[0])
+        losses[target] = float(tr.algo.loss(tr.ctx, b, out)[0])
     # an untrained model is near uniform: smoothing towards uniform lowers the cross-entropy
     assert losses["label_smoothing"] != pytest.approx(losses["delta"], rel=1e-3)
 
@@ -49,8 +49,8 @@ def test_label_smoothing_differs_from_delta(tmp_path):
 def test_nbest_weights_give_each_prompt_equal_mass(tmp_path):
     tr = make_trainer(sft_config(target="nbest", nbest_n=3, nbest_temperature=0.5, batch_size=4),
                       tmp_path, out=None)
-    b = tr.algo.collect(tr, 0)
-    m = tr.algo.estep(tr, b)
+    b = tr.algo.collect(tr.ctx, 0)
+    m = tr.algo.estep(tr.ctx, b)
     w = b["weights"].view(4, 4)  # 3 samples + the demonstration per prompt
     assert torch.allclose(w.sum(1), torch.full((4,), 0.25), atol=1e-6)
     # the demonstration has reward 1 (all digits): never less weight than a sample

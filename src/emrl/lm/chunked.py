@@ -29,11 +29,11 @@ from torch.utils.checkpoint import checkpoint
 
 from emrl import objectives as O
 from emrl.errors import ConfigError
-from emrl.lm.trainer import ForwardOut
+from emrl.lm.forward import ForwardOut, decoder_hidden, split_model  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from emrl.lm.algorithms import Batch
-    from emrl.lm.trainer import LMTrainer
+    from emrl.lm.context import LoopContext
+    from emrl.lm.rollout import Batch
 
 
 @dataclass
@@ -56,32 +56,6 @@ def check_config(cfg: Any, algo_name: str) -> None:
     if what:
         raise ConfigError(f"--logp-chunk-size does not support {what}; drop --logp-chunk-size, or "
                           "use target=delta / ent_coef=0")
-
-
-def split_model(lm: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """``(decoder, output layer)`` of a transformers causal LM (peft-wrapped or not)."""
-    inner = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-    cfg = getattr(inner, "config", None)
-    for attr in ("final_logit_softcapping", "logit_scale"):
-        if getattr(cfg, attr, None):
-            raise ConfigError(f"--logp-chunk-size: {type(inner).__name__} transforms its logits "
-                              f"({attr}); run it without chunking")
-    decoder = getattr(inner, "base_model", None)
-    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
-    if decoder is None or decoder is inner or not isinstance(head, nn.Linear):
-        raise ConfigError(f"--logp-chunk-size: {type(inner).__name__} has no separate decoder and "
-                          "linear output layer")
-    return decoder, head
-
-
-def decoder_hidden(lm: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """The decoder's last hidden states ``[n, S, H]`` (after its final norm)."""
-    from emrl.lm.forward import position_ids_from_mask
-
-    decoder, _ = split_model(lm)
-    out = decoder(input_ids=input_ids, attention_mask=attention_mask,
-                  position_ids=position_ids_from_mask(attention_mask), use_cache=False)
-    return out.last_hidden_state
 
 
 def _chunk(h: Tensor, y: Tensor, W: Tensor, b: Tensor | None, old: tuple | None):
@@ -120,31 +94,32 @@ def head_terms(hidden: Tensor, head: nn.Linear, input_ids: Tensor, completion_ma
     return logp, kl, m
 
 
-def forward(trainer: LMTrainer, batch: Batch, *, train: bool, need_logits: bool = False,
+def forward(ctx: LoopContext, batch: Batch, *, train: bool, need_logits: bool = False,
             need_values: bool = False, grad: bool = True) -> ChunkedOut:
-    """:meth:`LMTrainer.forward` with ``logp_chunk_size`` set (see the module docstring).
+    """:meth:`emrl.lm.context.LoopContext.forward` with ``logp_chunk_size`` set (see the
+    module docstring).
 
     The π_old pass of a rollout (no gradient, logits wanted for the exact KL) stores
-    ``batch["old_hidden"]`` and a snapshot of the output layer on the trainer; M-step
+    ``batch["old_hidden"]`` and a snapshot of the output layer on the context; M-step
     passes over such a batch return ``kl_old``.
     """
     import contextlib
 
-    cs = int(trainer.cfg.logp_chunk_size)
-    trainer.policy.train(train)
-    ctx = contextlib.nullcontext() if grad else torch.no_grad()
-    _, head = split_model(trainer.unwrapped)
+    cs = int(ctx.cfg.logp_chunk_size)
+    ctx.policy.train(train)
+    grad_ctx = contextlib.nullcontext() if grad else torch.no_grad()
+    _, head = split_model(ctx.unwrapped)
     old = None
-    if grad and "old_hidden" in batch and getattr(trainer, "_old_head", None) is not None:
-        old = (batch["old_hidden"], *trainer._old_head)
-    with ctx:
-        hidden, values = trainer.policy(batch["input_ids"], batch["attention_mask"], need_values,
-                                        hidden_only=True)
+    if grad and "old_hidden" in batch and getattr(ctx, "_old_head", None) is not None:
+        old = (batch["old_hidden"], *ctx._old_head)
+    with grad_ctx:
+        hidden, values = ctx.policy(batch["input_ids"], batch["attention_mask"], need_values,
+                                    hidden_only=True)
         logp, kl, m = head_terms(hidden, head, batch["input_ids"], batch["completion_mask"], cs, old)
     if not grad and need_logits:
         batch["old_hidden"] = hidden.detach()
-        trainer._old_head = (head.weight.detach().clone(),
-                             None if head.bias is None else head.bias.detach().clone())
+        ctx._old_head = (head.weight.detach().clone(),
+                         None if head.bias is None else head.bias.detach().clone())
     vals = None
     if values is not None:
         vals = torch.cat([torch.zeros_like(values[:, :1]), values[:, :-1]], dim=1)

@@ -25,7 +25,7 @@ from typing import Any
 
 from torch import nn
 
-from emrl.errors import ConfigError, EmrlError
+from emrl.errors import ConfigError
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -140,30 +140,3 @@ def is_adapter_dir(path: Path) -> bool:
     return (path / ADAPTER_CONFIG).is_file() and not (path / "config.json").is_file()
 
 
-def load_merged(path: Path, **kwargs: Any):
-    """``(model, tokenizer)`` of an adapter directory: its base model (a local directory)
-    with the adapters merged in; the tokenizer saved next to the adapters."""
-    from emrl.lm.models import load_model_and_tokenizer
-
-    peft = _peft()
-    base = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
-    if not base or not Path(base).is_dir():
-        raise EmrlError(
-            f"{str(path)!r} holds LoRA adapters of the base model {base!r}, which is not a local "
-            "directory; load the adapters onto their base with peft, or train with --lora-merge "
-            "to save a merged model")
-    model, tokenizer = load_model_and_tokenizer(base, **kwargs)
-    if (path / "tokenizer_config.json").is_file():
-        tokenizer = _load_tokenizer(path, model)
-    model = peft.PeftModel.from_pretrained(model, str(path)).merge_and_unload()
-    return model, tokenizer
-
-
-def _load_tokenizer(path: Path, model: nn.Module):
-    from transformers import AutoTokenizer
-
-    from emrl.lm.models import prepare_tokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    prepare_tokenizer(tok, model)
-    return tok

@@ -24,6 +24,7 @@ model to one probability ``p``; :func:`get_dropout` reads it back.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -221,7 +222,7 @@ def load_model_and_tokenizer(
     from emrl.lm import lora
 
     if path.is_dir() and lora.is_adapter_dir(path):  # an emrl final/ of LoRA adapters
-        return lora.load_merged(path, dropout=dropout, trust_remote_code=trust_remote_code, seed=seed,
+        return load_lora_merged(path, dropout=dropout, trust_remote_code=trust_remote_code, seed=seed,
                                 torch_dtype=torch_dtype)
     if not path.is_dir() or not (path / "config.json").is_file():
         raise EmrlError(
@@ -339,3 +340,30 @@ def num_parameters(model: nn.Module) -> int:
             seen.add(id(p))
             total += p.numel()
     return total
+
+
+def load_lora_merged(path: Path, **kwargs: Any):
+    """``(model, tokenizer)`` of an adapter directory: its base model (a local directory)
+    with the adapters merged in; the tokenizer saved next to the adapters."""
+    from emrl.lm.lora import ADAPTER_CONFIG, _peft
+
+    peft = _peft()
+    base = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    if not base or not Path(base).is_dir():
+        raise EmrlError(
+            f"{str(path)!r} holds LoRA adapters of the base model {base!r}, which is not a local "
+            "directory; load the adapters onto their base with peft, or train with --lora-merge "
+            "to save a merged model")
+    model, tokenizer = load_model_and_tokenizer(base, **kwargs)
+    if (path / "tokenizer_config.json").is_file():
+        tokenizer = _load_adapter_tokenizer(path, model)
+    model = peft.PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    return model, tokenizer
+
+
+def _load_adapter_tokenizer(path: Path, model: nn.Module):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    prepare_tokenizer(tok, model)
+    return tok

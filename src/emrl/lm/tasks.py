@@ -33,161 +33,35 @@ the stripped ``answer``.
 from __future__ import annotations
 
 import json
-import math
 import os
-import random
-import string
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
-
-import yaml
 
 from emrl.errors import EmrlError, close_matches, unknown_name_error
 from emrl.lm.rewards import (
     BUILTIN_REWARDS,
     build_reward,
-    compute_rewards,
     reward_name,
     reward_source,
 )
-
-RG_PREFIX = "reasoning_gym:"
-DEFAULT_TASK_SPEC = (
-    "reasoning_gym:basic_arithmetic?min_terms=2&max_terms=2&min_digits=1&max_digits=2"
-    "&operators=+,-&allow_parentheses=false&allow_negation=false"
+from emrl.lm.task_core import (  # noqa: F401  (re-exported: the task API lives here)
+    _TRAIN_SEED_OFFSET,
+    DEFAULT_RG_NUM_TRAIN,
+    DEFAULT_TASK_SPEC,
+    DEFAULT_TASK_TEMPLATE,
+    RG_PREFIX,
+    RG_TEMPLATE,
+    TASK_INFO_FILE,
+    USER_EXTENSIONS,
+    USER_TEMPLATE,
+    Task,
+    _parse_value,
+    _template_fields,
+    apply_template,
+    parse_rg_spec,
 )
-#: template of the default task: the bare expression then ``=`` (e.g. ``"5 - 33="``).
-DEFAULT_TASK_TEMPLATE = "{expression}="
-#: template of other reasoning-gym tasks.
-RG_TEMPLATE = "{question}\nAnswer: "
-#: template of user datasets: the ``prompt`` column unchanged.
-USER_TEMPLATE = "{prompt}"
-#: number of training items for reasoning-gym tasks when ``num_train`` is None.
-DEFAULT_RG_NUM_TRAIN = 5000
-TASK_INFO_FILE = "emrl_task.json"
-_TRAIN_SEED_OFFSET = 1_000_003  # far from the held-out seeds seed .. seed + num_eval
-USER_EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
-
-
-@dataclass
-class Task:
-    """Prompts with a reward, split into ``train`` and held-out ``eval`` rows.
-
-    Rows are dicts with ``prompt`` (final text fed to the model, template applied),
-    ``completion`` (demonstration, may be absent for user data), ``answer`` (if known)
-    and the other columns. ``train`` and ``eval`` share no question text.
-    """
-
-    name: str
-    spec: str | None
-    train: list[dict]
-    eval: list[dict]
-    template: str
-    reward_fn: Callable[..., Sequence[float]] | None
-    options: dict = field(default_factory=dict)
-    #: what a user should know about how the task was built (e.g. rows held out of training)
-    notes: list[str] = field(default_factory=list)
-
-    def reward_columns(self, rows: Sequence[dict]) -> dict[str, list[Any]]:
-        """TRL-style keyword columns for ``rows``: every key except prompt/completion."""
-        keys = [k for k in (rows[0] if rows else {}) if k not in ("prompt", "completion")]
-        return {k: [r.get(k) for r in rows] for k in keys}
-
-    def reward(self, prompts: Sequence[str], completions: Sequence[str], rows: Sequence[dict]) -> list[float]:
-        """Rewards ``[N]`` of ``completions`` (validated by :func:`compute_rewards`).
-
-        ``rows[i]`` is the task row that ``prompts[i]`` came from (rows repeat for k
-        samples per prompt).
-        """
-        if self.reward_fn is None:
-            raise EmrlError(
-                f"task {self.name!r} has no reward: it has no 'answer' column and no reward "
-                "functions were given (use reward functions 'module:function' or a reward model)"
-            )
-        if len(rows) != len(completions):
-            raise EmrlError(f"task.reward: {len(rows)} rows for {len(completions)} completions")
-        return compute_rewards(self.reward_fn, prompts, completions, self.reward_columns(rows)).tolist()
-
-    def is_correct(self, completion: str, row: dict) -> bool:
-        """Exact match: ``completion.strip() == str(row["answer"]).strip()``."""
-        answer = row.get("answer")
-        if answer is None:
-            raise EmrlError(f"task {self.name!r} has no 'answer' column: accuracy is undefined")
-        return completion.strip() == str(answer).strip()
-
-    @property
-    def has_answers(self) -> bool:
-        rows = self.eval or self.train
-        return bool(rows) and all(r.get("answer") is not None for r in rows)
-
-    def info(self) -> dict:
-        """Everything :func:`load_task` needs to rebuild this task (JSON-serialisable)."""
-        return {"spec": self.spec, **self.options}
-
-
-# ----------------------------------------------------------------------------- parsing
-
-
-def _parse_value(text: str) -> Any:
-    if "," in text and not text.strip().startswith(("[", "{")):
-        return [_parse_value(t) for t in text.split(",")]
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, (list, dict)) and not text.strip().startswith(("[", "{")):
-        return text  # e.g. "-" parses as a YAML list; keep the literal text
-    return text if value is None and text.strip().lower() not in ("null", "none", "~") else value
-
-
-def parse_rg_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"reasoning_gym:name?a=1&b=x,y"`` -> ``("name", {"a": 1, "b": ["x", "y"]})``."""
-    rest = spec[len(RG_PREFIX) :]
-    name, _, query = rest.partition("?")
-    name = name.strip()
-    if not name:
-        raise EmrlError(f"task spec {spec!r}: missing dataset name after 'reasoning_gym:'")
-    options: dict[str, Any] = {}
-    for part in filter(None, query.split("&")):
-        key, eq, value = part.partition("=")
-        if not eq or not key.strip():
-            raise EmrlError(f"task spec {spec!r}: cannot parse option {part!r} (use key=value&...)")
-        # '+' is an operator in arithmetic options, not a URL-encoded space: use unquote.
-        options[unquote(key.strip())] = _parse_value(unquote(value))
-    return name, options
-
-
-def _template_fields(template: str) -> list[str]:
-    out = []
-    try:
-        for _, fname, _, _ in string.Formatter().parse(template):
-            if fname is not None:
-                if fname == "":
-                    raise EmrlError(
-                        f"prompt template {template!r} has a positional '{{}}'; use named "
-                        "fields such as {question}"
-                    )
-                out.append(fname.split(".")[0].split("[")[0])
-    except ValueError as e:
-        raise EmrlError(f"prompt template {template!r} is malformed: {e}") from e
-    return out
-
-
-def apply_template(template: str, fields: dict[str, Any]) -> str:
-    """``template.format(**fields)`` with a clear error for unknown fields."""
-    for name in _template_fields(template):
-        if name not in fields:
-            raise EmrlError(
-                f"prompt template {template!r} uses field {{{name}}}, which this task does "
-                f"not have; available fields: {', '.join(sorted(fields))}"
-            )
-    return template.format(**fields)
-
-
-# ----------------------------------------------------------------------- reasoning-gym
+from emrl.lm.task_files import _load_user_task
 
 
 def _rg_registry() -> dict[str, Any]:
@@ -321,150 +195,6 @@ def _load_rg_task(spec, name, options, *, seed, num_train, num_eval, template, i
 
 
 # ----------------------------------------------------------------------- user datasets
-
-
-def _read_user_rows(path: Path) -> tuple[list[dict], list[dict] | None]:
-    """Rows of a user file / saved dataset; the second list is a given held-out split."""
-    suffix = path.suffix.lower()
-    if path.is_dir():
-        import datasets
-
-        try:
-            ds = datasets.load_from_disk(str(path))
-        except Exception as e:  # noqa: BLE001
-            raise EmrlError(f"could not load a saved Hugging Face dataset from {str(path)!r}: {e}") from e
-        if isinstance(ds, datasets.DatasetDict):
-            if "train" not in ds:
-                raise EmrlError(
-                    f"saved dataset {str(path)!r} has splits {list(ds)}; expected a 'train' split"
-                )
-            held = next((ds[s] for s in ("test", "validation", "eval") if s in ds), None)
-            return ds["train"].to_list(), (held.to_list() if held is not None else None)
-        return ds.to_list(), None
-    if suffix in (".jsonl", ".json"):
-        data = path.read_bytes()
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            line = data[: e.start].count(b"\n") + 1
-            raise EmrlError(
-                f"{str(path)!r} is not UTF-8 text: byte {data[e.start]:#04x} at line {line} "
-                f"(byte offset {e.start}); save the file as UTF-8") from e
-        stripped = text.lstrip()
-        if suffix == ".json" and stripped.startswith("["):
-            try:
-                rows = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise EmrlError(f"{str(path)!r} is not valid JSON: {e}") from e
-            where = "element"
-        else:
-            rows = []
-            for lineno, line in enumerate(text.splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise EmrlError(
-                        f"{str(path)!r} line {lineno} is not valid JSON ({e.msg} at column {e.colno}); "
-                        "expected one JSON object per line") from e
-                if not isinstance(rows[-1], dict):
-                    raise EmrlError(f"{str(path)!r} line {lineno}: expected a JSON object with a "
-                                    f"'prompt' key, got {type(rows[-1]).__name__}")
-            where = "line"
-        if not all(isinstance(r, dict) for r in rows):
-            raise EmrlError(f"{str(path)!r}: every JSON {where} must be an object with a 'prompt' key")
-        return rows, None
-    if suffix == ".csv":
-        import pandas as pd
-
-        try:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False)
-        except pd.errors.EmptyDataError:
-            return [], None
-        return df.to_dict(orient="records"), None
-    if suffix == ".parquet":
-        import pandas as pd
-
-        return pd.read_parquet(path).to_dict(orient="records"), None
-    raise EmrlError(
-        f"unsupported task file {str(path)!r}: expected {', '.join(USER_EXTENSIONS)} or a "
-        "saved Hugging Face dataset directory"
-    )
-
-
-def _user_row(raw: dict, template: str) -> dict:
-    row = dict(raw)
-    row["prompt"] = apply_template(template, raw)
-    if "answer" in row and row["answer"] is not None:
-        row["answer"] = str(row["answer"])
-    if "completion" in row and row["completion"] is not None:
-        row["completion"] = str(row["completion"])
-    return row
-
-
-def _check_user_rows(rows: list[dict], where: str) -> None:
-    if not rows:
-        raise EmrlError(f"dataset {where} is empty (expected rows with a 'prompt' column)")
-    if "prompt" not in rows[0]:
-        raise EmrlError(
-            f"dataset {where} has no 'prompt' column (columns: {', '.join(map(str, rows[0]))})"
-        )
-    for i, r in enumerate(rows):
-        p = r.get("prompt")
-        if not isinstance(p, str) or (isinstance(p, float) and math.isnan(p)):
-            raise EmrlError(f"dataset {where}: row {i} has no text in its 'prompt' column ({p!r})")
-
-
-def _load_user_task(spec, *, seed, num_train, num_eval, template):
-    """Train and held-out rows of a user dataset, and notes on rows kept out of training."""
-    from emrl.lm import chat
-
-    path = Path(os.path.expanduser(spec))
-    rows, held = _read_user_rows(path)
-    if rows and chat.is_conversational(rows):
-        if template is not None and template != USER_TEMPLATE:
-            raise EmrlError(
-                f"dataset {str(path)!r} is conversational: its prompts are rendered by the "
-                f"tokenizer's chat template, so a prompt template ({template!r}) does not apply")
-        rows = chat.to_conversational(rows, repr(str(path)))
-        if held is not None:
-            held = chat.to_conversational(held, f"{str(path)!r} (held-out split)")
-    _check_user_rows(rows, repr(str(path)))
-    template = template if template is not None else USER_TEMPLATE
-    notes: list[str] = []
-    if held is not None:
-        _check_user_rows(held, f"{str(path)!r} (held-out split)")
-        held_texts = {r["prompt"] for r in held}
-        train_raw = [r for r in rows if r["prompt"] not in held_texts]
-        eval_raw = list({r["prompt"]: r for r in reversed(held)}.values())[::-1][:num_eval]
-        if len(train_raw) < len(rows) and num_train != 0:
-            notes.append(
-                f"{len(rows) - len(train_raw)} of the {len(rows)} training rows of {path.name} were "
-                "left out of training: their prompts are also in its held-out split")
-    else:
-        groups: dict[str, list[dict]] = {}
-        for r in rows:
-            groups.setdefault(r["prompt"], []).append(r)
-        texts = list(groups)
-        random.Random(seed).shuffle(texts)
-        n_eval = num_eval if len(texts) >= 2 * num_eval else min(num_eval, len(texts) // 2)
-        eval_raw = [groups[t][0] for t in texts[:n_eval]]
-        train_raw = [r for t in texts[n_eval:] for r in groups[t]]
-        if n_eval and num_train != 0:
-            notes.append(
-                f"{len(rows) - len(train_raw)} of the {len(rows)} rows of {path.name} ({n_eval} prompts) "
-                f"are held out for evaluation and not trained on (num_eval={num_eval}). To train on "
-                "every row, save the dataset with a 'test' split for evaluation (datasets.DatasetDict"
-                "(train=..., test=...).save_to_disk(DIR)) or pass --num-eval 0")
-    if num_train is not None:
-        train_raw = train_raw[:num_train]
-    train = [_user_row(r, template) for r in train_raw]
-    evals = [_user_row(r, template) for r in eval_raw]
-    return train, evals, template, notes
-
-
-# ---------------------------------------------------------------------------- loading
 
 
 def load_task(

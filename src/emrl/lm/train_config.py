@@ -11,8 +11,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from emrl.config import cfg_field, check_choices
+from emrl.config import cfg_field, check_choices, with_aliases
 from emrl.errors import ConfigError
+
+_WARNED: set[str] = set()
+
+
+def warn_deprecated(old: str, new: str) -> None:
+    """Warn once per process that ``old`` is a deprecated spelling of ``new``."""
+    if old not in _WARNED:
+        _WARNED.add(old)
+        import warnings
+
+        warnings.warn(f"{old} is deprecated; use {new}", FutureWarning, stacklevel=3)
 
 ALGOS = ("vmpo", "awr", "dar", "ppo")
 SFT_TARGETS = ("delta", "label_smoothing", "nbest", "distill")
@@ -26,7 +37,8 @@ def _check(cond: bool, msg: str) -> None:
 
 @dataclass
 class CommonTrainConfig:
-    """Fields shared by SFT and RL runs (model, data, optimiser, M-step, logging)."""
+    """Fields shared by SFT and RL runs (model, data, optimiser, M-step, logging); the
+    trust region and the duals are RL-only (:class:`RLConfig`)."""
 
     #: ``--help`` sections (tag -> title), in order; see :func:`emrl.config.add_config_args`
     HELP_GROUPS = {
@@ -70,35 +82,6 @@ class CommonTrainConfig:
         None, "model attention+residual dropout p (spec §9); None keeps the model's own", group="model")
     mstep_dropout: bool = cfg_field(
         True, "dropout active in M-step forward passes (spec §9); rollouts are always in eval mode", group="mstep")
-    trust_region: bool = cfg_field(
-        False, "add the alpha trust region on KL(pi_old || pi_theta) per token (spec §5 eq. 1)", group="mstep")
-    eps_alpha: float = cfg_field(0.01, "KL budget epsilon_alpha of the trust region (nats per token)", group="mstep")
-    alpha_init: float = cfg_field(1.0, "initial trust-region multiplier alpha", group="mstep")
-    alpha_lr: float = cfg_field(0.05, "learning rate of alpha's dual parameter", group="mstep")
-    dual_schedule: str = cfg_field(
-        "update", "when alpha's dual steps: once per update on the realised KL of the whole M-step "
-        "('update'), or at every gradient step on that minibatch's KL ('step', spec §5 eq. 1 literally)",
-        choices=["update", "step"], group="mstep")
-    anneal_eps_alpha: bool = cfg_field(
-        True, "anneal the KL budget eps_alpha with the learning-rate schedule (the budget sets the "
-        "step, so it is what must shrink for the policy to settle)", group="mstep")
-    trust_region_states: str = cfg_field(
-        "selected", "states over which the trust region's KL(pi_old || pi_theta) is taken: those of "
-        "the samples the E-step selected (the M-step only fits those, so it skips the rest: about "
-        "1/rho less work) or of every sample ('all', spec §5 literally)", choices=["selected", "all"], group="mstep")
-    kl_early_stop: bool = cfg_field(
-        True, "end the M-step's gradient steps once the measured KL(pi_old || pi_theta) reaches "
-        "eps_alpha: the KL budget, not the learning rate, sets the size of an update", group="mstep")
-    kl_adapt_lr: bool = cfg_field(
-        True, "adapt the M-step's learning rate to the KL budget: double it while a step moves the "
-        "policy by less than eps_alpha/4, shrink it by the backtracking factor when an update overshoots", group="mstep")
-    kl_backtrack: float | None = cfg_field(
-        2.0, "after the M-step, scale an update whose realised KL exceeds this x eps_alpha back "
-        "towards pi_old (halving the step) until it does not; None: off (saves a parameter copy)", group="mstep")
-    kl_estimator: str = cfg_field(
-        "exact", "KL(pi_old||pi_theta): exact from logits, or the sampled k3 estimator for large vocabularies",
-        choices=["exact", "k3"], group="mstep")
-    kl_chunk_size: int | None = cfg_field(None, "positions per chunk of the exact KL (None: all at once)", group="mstep")
     max_new_tokens: int = cfg_field(8, "longest completion sampled or evaluated", group="model")
     eval_every: int = cfg_field(0, "evaluate held-out greedy accuracy every N updates (0: only at the end)", group="eval")
     eval_at_start: bool = cfg_field(
@@ -153,11 +136,8 @@ class CommonTrainConfig:
         _check(self.num_train is None or self.num_train >= 0, f"num_train must be >= 0, got {self.num_train}")
         _check(self.num_threads is None or self.num_threads >= 1,
                f"num_threads must be >= 1 (or None), got {self.num_threads}")
-        _check(self.kl_chunk_size is None or self.kl_chunk_size >= 1,
-               f"kl_chunk_size must be >= 1 (or None), got {self.kl_chunk_size}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         _check(0.0 <= self.adam_beta2 < 1.0, f"adam_beta2 must be in [0, 1), got {self.adam_beta2}")
-        _check(self.alpha_lr > 0, f"alpha_lr must be > 0, got {self.alpha_lr}")
         _check(self.eval_temperature > 0, f"eval_temperature must be > 0, got {self.eval_temperature}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.minibatch_size is None or self.minibatch_size >= 1,
@@ -165,18 +145,12 @@ class CommonTrainConfig:
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
         _check(self.dropout is None or 0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
-        _check(self.eps_alpha > 0, f"eps_alpha must be > 0, got {self.eps_alpha}")
-        _check(self.alpha_init > 0, f"alpha_init must be > 0, got {self.alpha_init}")
         _check(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         _check(self.max_nonfinite_steps >= 1, f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
         _check(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         _check(self.eval_samples >= 0, f"eval_samples must be >= 0, got {self.eval_samples}")
         _check(self.max_minutes is None or self.max_minutes > 0,
                f"max_minutes must be > 0 (a training-time budget in minutes) or None, got {self.max_minutes}")
-        _check(self.kl_backtrack is None or self.kl_backtrack >= 1.0,
-               f"kl_backtrack must be >= 1 (a multiple of eps_alpha) or None, got {self.kl_backtrack}")
-        _check(self.dual_schedule in ("update", "step"),
-               f"dual_schedule must be 'update' or 'step', got {self.dual_schedule!r}")
         from emrl.metrics import resolve_report_to
 
         resolve_report_to(self.report_to)
@@ -214,6 +188,7 @@ class SFTConfig(CommonTrainConfig):
         _check(self.distill_temperature > 0, f"distill_temperature must be > 0, got {self.distill_temperature}")
 
 
+@with_aliases
 @dataclass
 class RLConfig(CommonTrainConfig):
     """RL fine-tuning in one EM loop: V-MPO, AWR, DAR (E-step weights + weighted-MLE M-step
@@ -244,6 +219,35 @@ class RLConfig(CommonTrainConfig):
         "ppo uses its clip instead", group="mstep")
     eps_alpha: float = cfg_field(
         0.005, "KL budget epsilon_alpha per update (nats per token): the step size of an update", group="mstep")
+    alpha_init: float = cfg_field(1.0, "initial trust-region multiplier alpha", group="mstep")
+    dual_lr: float = cfg_field(
+        0.05, "learning rate of the duals' own Adam (eta's and alpha's parameters; one optimiser)",
+        group="mstep", aliases=("eta_lr", "alpha_lr"))
+    dual_schedule: str = cfg_field(
+        "update", "when the duals step: once per update (the V-MPO E-step and eta's dual once per batch "
+        "of rollouts, alpha's dual once on the realised KL of the whole M-step), or at every M-step "
+        "gradient step on that minibatch ('minibatch', spec §5 eq. 1 literally; the old value 'step' "
+        "is a deprecated alias)", choices=["update", "minibatch"], group="mstep")
+    anneal_eps_alpha: bool = cfg_field(
+        True, "anneal the KL budget eps_alpha with the learning-rate schedule (the budget sets the "
+        "step, so it is what must shrink for the policy to settle)", group="mstep")
+    trust_region_states: str = cfg_field(
+        "selected", "states over which the trust region's KL(pi_old || pi_theta) is taken: those of "
+        "the samples the E-step selected (the M-step only fits those, so it skips the rest: about "
+        "1/rho less work) or of every sample ('all', spec §5 literally)", choices=["selected", "all"], group="mstep")
+    kl_early_stop: bool = cfg_field(
+        True, "end the M-step's gradient steps once the measured KL(pi_old || pi_theta) reaches "
+        "eps_alpha: the KL budget, not the learning rate, sets the size of an update", group="mstep")
+    kl_adapt_lr: bool = cfg_field(
+        True, "adapt the M-step's learning rate to the KL budget: double it while a step moves the "
+        "policy by less than eps_alpha/4, shrink it by the backtracking factor when an update overshoots", group="mstep")
+    kl_backtrack: float | None = cfg_field(
+        2.0, "after the M-step, scale an update whose realised KL exceeds this x eps_alpha back "
+        "towards pi_old (halving the step) until it does not; None: off (saves a parameter copy)", group="mstep")
+    kl_estimator: str = cfg_field(
+        "exact", "KL(pi_old||pi_theta): exact from logits, or the sampled k3 estimator for large vocabularies",
+        choices=["exact", "k3"], group="mstep")
+    kl_chunk_size: int | None = cfg_field(None, "positions per chunk of the exact KL (None: all at once)", group="mstep")
     baseline: str = cfg_field(
         "group_mean", "advantage baseline: group_mean or loo over the k samples of a prompt, a learned "
         "value head V(x), or the batch mean", choices=list(BASELINES), group="rollout")
@@ -259,7 +263,6 @@ class RLConfig(CommonTrainConfig):
         "zero-advantage ties and the M-step fits wrong answers", group="vmpo")
     eps_eta: float = cfg_field(0.1, "V-MPO KL budget epsilon_eta of the temperature dual", group="vmpo")
     eta_init: float = cfg_field(1.0, "initial (or, with adaptive_temperature off, fixed) temperature eta", group="vmpo")
-    eta_lr: float = cfg_field(0.05, "learning rate of the temperature dual parameter xi", group="vmpo")
     eta_param: str = cfg_field("softplus", "positive parameterisation of eta (spec §6)", choices=["softplus", "log"], group="vmpo")
     adaptive_temperature: bool = cfg_field(True, "optimise eta by its dual (False: fixed eta_init, for comparison)", group="vmpo")
     kl_ref_coef: float = cfg_field(0.0, "V-MPO/AWR/DAR: optional penalty coefficient on KL(pi_theta || pi_ref) per token", group="mstep")
@@ -280,8 +283,20 @@ class RLConfig(CommonTrainConfig):
     target_kl: float | None = cfg_field(0.05, "PPO: stop the update's epochs once approx KL exceeds this (None: off)", group="ppo")
     eval_every: int = cfg_field(50, "evaluate held-out accuracy every N updates (0: only at the end)", group="eval")
 
+    def __post_init__(self) -> None:
+        if self.dual_schedule == "step":  # the old name of "minibatch"
+            warn_deprecated("dual_schedule='step'", "dual_schedule='minibatch'")
+            self.dual_schedule = "minibatch"
+
     def validate(self) -> None:
         super().validate()
+        _check(self.eps_alpha > 0, f"eps_alpha must be > 0, got {self.eps_alpha}")
+        _check(self.alpha_init > 0, f"alpha_init must be > 0, got {self.alpha_init}")
+        _check(self.dual_lr > 0, f"dual_lr must be > 0, got {self.dual_lr}")
+        _check(self.kl_chunk_size is None or self.kl_chunk_size >= 1,
+               f"kl_chunk_size must be >= 1 (or None), got {self.kl_chunk_size}")
+        _check(self.kl_backtrack is None or self.kl_backtrack >= 1.0,
+               f"kl_backtrack must be >= 1 (a multiple of eps_alpha) or None, got {self.kl_backtrack}")
         _check(self.algo in ALGOS, f"algo must be one of {ALGOS}, got {self.algo!r}")
         _check(self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}")
         _check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")

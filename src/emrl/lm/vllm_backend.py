@@ -31,7 +31,7 @@ from emrl.lm.generation import Rollout
 from emrl.lm.models import context_length
 
 if TYPE_CHECKING:  # pragma: no cover
-    from emrl.lm.trainer import LMTrainer
+    from emrl.lm.rollout import Rollouts
 
 
 class Engine(Protocol):
@@ -70,7 +70,7 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()
 
 
-def engine_for(trainer: LMTrainer) -> Engine:
+def engine_for(trainer: Rollouts) -> Engine:
     """The trainer's engine (``trainer.generation_engine``), built on first use."""
     eng = getattr(trainer, "generation_engine", None)
     if eng is None:
@@ -87,7 +87,7 @@ def engine_for(trainer: LMTrainer) -> Engine:
     return eng
 
 
-def policy_weights(trainer: LMTrainer) -> dict[str, Tensor]:
+def policy_weights(trainer: Rollouts) -> dict[str, Tensor]:
     """The policy's full weights under transformers names (LoRA merged, shards gathered)."""
     from emrl.lm.lora import is_lora
     from emrl.lm.sharding import full_params
@@ -110,7 +110,7 @@ def policy_weights(trainer: LMTrainer) -> dict[str, Tensor]:
                 for k, v in lm.state_dict().items()}
 
 
-def sync_weights(trainer: LMTrainer, engine: Engine) -> bool:
+def sync_weights(trainer: Rollouts, engine: Engine) -> bool:
     """Push the policy's weights to ``engine`` if they changed since the last push."""
     if getattr(trainer, "engine_step", None) == trainer.step:
         return False
@@ -119,7 +119,7 @@ def sync_weights(trainer: LMTrainer, engine: Engine) -> bool:
     return True
 
 
-def rollout(trainer: LMTrainer, prompts: list[str], k: int, *, temperature: float, top_p: float) -> Rollout:
+def rollout(trainer: Rollouts, prompts: list[str], k: int, *, temperature: float, top_p: float) -> Rollout:
     """``k`` completions per prompt from the engine, as a :class:`Rollout` (no log-probs:
     the trainer computes π_old's itself)."""
     tok = trainer.tokenizer
