@@ -102,15 +102,17 @@ def _meta(ck: Path) -> dict:
     return json.loads((ck / MANIFEST).read_text())["meta"]
 
 
-def test_a_model_directory_with_pickled_weights_never_executes(runs, tmp_path, capsys):
+def test_a_model_directory_with_pickled_weights_never_executes(runs, tmp_path, capsys, monkeypatch):
     """`lm eval` / `lm train --model DIR`: weights are read from safetensors; a pickled
     pytorch_model.bin (next to them, or alone) does not run."""
+    monkeypatch.chdir(tmp_path)  # `lm eval` of a plain model directory writes eval.json here
     marker = tmp_path / "marker"
     beside = tmp_path / "beside"
     shutil.copytree(runs["sft"] / "final", beside)
     write_pickle(beside / "pytorch_model.bin", marker)
     rc, _, err = run_cli(["lm", "eval", "--model", beside, "--num-prompts", "2"], capsys)
     assert rc == 0, err
+    assert (tmp_path / "eval.json").is_file() and not (beside / "eval.json").exists()
     alone = tmp_path / "alone"
     shutil.copytree(runs["sft"] / "final", alone)
     (alone / "model.safetensors").unlink()
