@@ -370,7 +370,7 @@ def write_report(out_dir: str | Path) -> Path:
     for old in out.glob("*.png"):
         old.unlink()
     rep = Report(f"{mod.NAME.upper()}: {mod.TITLE}" if hasattr(mod, "TITLE") else mod.NAME, out)
-    rep.paragraph(f"**Question (spec §2):** {mod.QUESTION}")
+    rep.paragraph(f"**Question ({getattr(mod, 'QUESTION_SOURCE', 'spec §2')}):** {mod.QUESTION}")
     status = (f"Preset `{meta['preset']}`, {meta['seeds']} seed{'s' if meta['seeds'] != 1 else ''}: "
               f"{len(records)} of {len(cells)} cells recorded.")
     if missing:

@@ -28,7 +28,8 @@ from typing import Any
 
 NAME = "gtrxl-gating"
 TITLE = "GTrXL gating ablation"
-QUESTION = ("(spec §8, the memory core behind RQ2's Atari results) Do GTrXL's gates remove the training "
+QUESTION_SOURCE = "spec §8, the memory core behind RQ2's Atari results; not a §2 question"
+QUESTION = ("Do GTrXL's gates remove the training "
             "failures of TrXL and TrXL-I on a memory task hard enough that some variant fails?")
 SUMMARY = ("TrXL vs TrXL-I vs GTrXL (gru, input, output, highway, sigmoid-tanh) × learning rates × seeds on "
            "bsuite memory_len: divergence and failure rates with intervals")
