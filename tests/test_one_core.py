@@ -33,7 +33,8 @@ def _control():
     seed_everything(0)
     cfg = ControlConfig(env="CartPole-v1", algo="vmpo", num_envs=N, unroll_length=T, dual_lr=LR,
                         eps_eta=EPS_ETA, top_fraction=TOP, eta_init=ETA0, alpha_init=ALPHA0,
-                        eps_alpha=EPS_ALPHA, adam_eps=1e-8)  # the LM duals' Adam ε (torch default)
+                        eps_alpha=EPS_ALPHA, adam_eps=1e-8,
+                        dual_schedule="update")  # the LM default; control's is minibatch  # the LM duals' Adam ε (torch default)
     envs = make_vec_env(cfg.env, N)
     agent = build_agent(cfg, envs.single_observation_space, envs.single_action_space)
     actor = Actor(envs, agent, cfg.env, seed=0, obs_rms=None, device=torch.device("cpu"))

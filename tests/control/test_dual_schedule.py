@@ -28,7 +28,7 @@ def _algo(env_id="CartPole-v1", T=16, N=4, **kw):
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
 def test_same_advantages_give_the_same_eta_and_alpha_trajectory(env_id):
-    cfg, agent, actor, envs = _algo(env_id)
+    cfg, agent, actor, envs = _algo(env_id, dual_schedule="update")  # the LM default
     algo = build_algorithm(cfg, agent)
     # the holder as the LM loop drives it: E-step + one η step per batch, one α step per
     # update on the realised KL

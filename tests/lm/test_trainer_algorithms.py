@@ -93,6 +93,17 @@ def test_alpha_responds_to_kl(tmp_path):
     assert torch.nn.functional.softplus(alphas[10.0]) < a0 - 0.1
 
 
+def test_per_step_alpha_under_the_kl_early_stop_cannot_rise(tmp_path):
+    """Why language models default to dual_schedule='update' (docs/architecture.md): with the
+    M-step stopped once the KL reaches ε_α, a per-step α only sees KLs at or under its budget."""
+    cfg = rl_config(algo="vmpo", max_steps=3, epochs=3, learning_rate=1e-2, eps_alpha=1e-6, dual_lr=0.2,
+                    dual_schedule="minibatch")
+    tr = make_trainer(cfg, tmp_path, out=None)
+    tr.train()
+    a0 = torch.nn.functional.softplus(torch.tensor(math.log(math.e - 1)))
+    assert torch.nn.functional.softplus(tr.alpha_param.detach()) < a0
+
+
 def test_ppo_clip_fraction_positive_once_policy_moves(tmp_path):
     cfg = rl_config(algo="ppo", max_steps=2, epochs=6, learning_rate=3e-2, target_kl=None, minibatch_size=8)
     tr = make_trainer(cfg, tmp_path, out=None)

@@ -75,7 +75,7 @@ class ControlConfig:
     eps_alpha_sigma: float = cfg_field(1e-4, "V-MPO M-step: covariance KL bound ε_αΣ (Gaussian policies)", group="vmpo")
     alpha_init: float = cfg_field(1.0, "V-MPO: initial Lagrange multiplier(s) α", group="vmpo")
     dual_lr: float | None = cfg_field(None, "V-MPO: learning rate of the duals' own Adam (η and α; None: same as learning_rate, not annealed)", group="vmpo")
-    dual_schedule: str = cfg_field("update", "V-MPO: when the duals step: update (E-step and η once per batch before the M-step, α once after it on the realised KL) or minibatch (E-step, η and α in every minibatch loss)", choices=list(DUAL_SCHEDULES), group="vmpo")
+    dual_schedule: str = cfg_field("minibatch", "V-MPO: when the duals step: update (E-step and η once per batch before the M-step, α once after it on the realised KL) or minibatch (E-step, η and α in every minibatch loss)", choices=list(DUAL_SCHEDULES), group="vmpo")
     vmpo_norm_adv: bool = cfg_field(False, "V-MPO: normalise advantages before the E-step", group="vmpo")
     # evaluation, logging, checkpoints
     eval_every: int = cfg_field(10_000, "evaluate every this many env steps (0: only at the end)", group="eval")

@@ -253,7 +253,7 @@ def _mech(cell: dict, ctx: dict) -> dict:
         logged = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
         last = [r for r in logged if "loss/policy" in r][-1]
         eta = last.get("estep/eta")
-        clip = float(last.get("ppo/clip_eps", cfg.clip_coef))
+        clip = float(last.get("ppo/clip_eps", cfg.clip_eps))
         st = _update_stats(old, model.agent.eval(), obs, actions, adv, clip=clip, eps_alpha=cfg.eps_alpha,
                            eta=float(eta) if eta is not None else None)
         st.update({"update": u + 1, "logged_kl": last.get("mstep/kl"), "logged_approx_kl": last.get("ppo/approx_kl"),
@@ -270,7 +270,7 @@ def _mech(cell: dict, ctx: dict) -> dict:
 
     own = ("vmpo_wll_gain" if algo == "vmpo" else "ppo_objective_gain")
     return {
-        "updates": rows, "eps_alpha": cfg.eps_alpha, "clip": cfg.clip_coef, "target_kl": cfg.target_kl,
+        "updates": rows, "eps_alpha": cfg.eps_alpha, "clip": cfg.clip_eps, "target_kl": cfg.target_kl,
         "kl_mean": mean("kl"), "kl_max": max(r["kl"] for r in rows),
         "kl_within_eps_alpha": frac(lambda r: r["kl"] <= cfg.eps_alpha),
         "kl_within_2eps_alpha": frac(lambda r: r["kl"] <= 2 * cfg.eps_alpha),

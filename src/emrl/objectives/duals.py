@@ -8,14 +8,14 @@ their own (learning rate ``lr``, not annealed, not clipped) — never by the pol
 optimiser. Both training loops (language models and control) build a :class:`Duals`
 and follow the same :data:`DUAL_SCHEDULES`:
 
-``"update"`` (the default on both sides)
+``"update"`` (the language models' default)
     Once per batch of rollouts, **before** the M-step: the E-step (top-k selection and
     weights at the current η) and one step of the temperature dual
     ``L_η = η(ε_η + g(η))`` (:meth:`Duals.update_temperature`). During the M-step the
     policy sees only ``sg[α]·KL`` (:meth:`Duals.kl_penalty`); **after** it, α takes one
     step on ``α(ε_α − sg[KL_realised])`` with the KL the update realised
     (:meth:`Duals.update_alpha`). η and α each take one step per update.
-``"minibatch"``
+``"minibatch"`` (control's default; chosen by measurement, see ``docs/architecture.md``)
     Inside every minibatch loss: the E-step and ``L_η`` on the minibatch's advantages
     (:meth:`Duals.temperature_loss`) and the full spec §5 eq. (1) term
     ``α(ε_α − sg[KL]) + sg[α]·KL`` (:meth:`Duals.alpha_loss`) are added to the loss; the
