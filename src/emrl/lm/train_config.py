@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from emrl.config import cfg_field, check_choices, with_aliases
 from emrl.errors import ConfigError
+from emrl.objectives.duals import DUAL_SCHEDULES
 
 _WARNED: set[str] = set()
 
@@ -227,7 +228,7 @@ class RLConfig(CommonTrainConfig):
         "update", "when the duals step: once per update (the V-MPO E-step and eta's dual once per batch "
         "of rollouts, alpha's dual once on the realised KL of the whole M-step), or at every M-step "
         "gradient step on that minibatch ('minibatch', spec §5 eq. 1 literally; the old value 'step' "
-        "is a deprecated alias)", choices=["update", "minibatch"], group="mstep")
+        "is a deprecated alias)", choices=list(DUAL_SCHEDULES), group="mstep")
     anneal_eps_alpha: bool = cfg_field(
         True, "anneal the KL budget eps_alpha with the learning-rate schedule (the budget sets the "
         "step, so it is what must shrink for the policy to settle)", group="mstep")
