@@ -119,3 +119,49 @@ def test_encode_prompt_completion_layout(tiny):
     assert torch.allclose(lp_batch[0][cm[0]], lp_one[0][one["completion_mask"][0]], atol=1e-5)
     with pytest.raises(ValueError, match="column 0"):
         completion_logprobs(model, ids, am, torch.ones_like(cm))
+
+
+def test_shared_prompt_cache_samples_what_a_full_prefill_samples(tiny, monkeypatch):
+    """The k samples of a prompt share one prefill of its key/value states; the samples,
+    their log-probs and the layout are those of prefilling every row (groups split across
+    generate calls included)."""
+    import emrl.lm.generation as G
+
+    model, tok = tiny
+    rows = [0, 0, 0, 1]
+    enc = tok(PROMPTS[:2])["input_ids"]
+    from emrl.lm.forward import assemble_batch
+
+    b = assemble_batch([enc[i] for i in rows], [[] for _ in rows], tok.pad_token_id)
+    kw = G._shared_prompt_cache(model, rows, b["input_ids"], b["attention_mask"])
+    assert len(kw) == 1 and next(iter(kw.values())).get_seq_length() == b["input_ids"].shape[1] - 1
+    assert G._shared_prompt_cache(model, [0, 1], b["input_ids"][:2], b["attention_mask"][:2]) == {}
+
+    def sample():
+        torch.manual_seed(3)
+        return generate(model, tok, PROMPTS, num_samples=3, max_new_tokens=6, batch_size=4, temperature=0.7)
+
+    shared = sample()
+    monkeypatch.setattr(G, "_shared_prompt_cache", lambda *a: {})
+    full = sample()
+    assert shared.texts == full.texts
+    assert torch.equal(shared.input_ids, full.input_ids)
+    assert torch.allclose(shared.sample_logprobs, full.sample_logprobs, atol=1e-5)
+    assert torch.allclose(shared.policy_logprobs, full.policy_logprobs, atol=1e-5)
+
+
+def test_assemble_batch_layout_with_values():
+    from emrl.lm.forward import assemble_batch
+
+    out = assemble_batch([[5, 6], [7]], [[1], [2, 3, 4]], 0, [[-0.5], [-1.0, -2.0, -3.0]])
+    assert out["prompt_len"] == 2
+    assert out["input_ids"].tolist() == [[5, 6, 1, 0, 0], [0, 7, 2, 3, 4]]
+    assert out["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [0, 1, 1, 1, 1]]
+    assert out["completion_mask"].tolist() == [[False, False, True, False, False],
+                                               [False, False, True, True, True]]
+    assert out["completion_lengths"].tolist() == [1, 3]
+    assert out["values"].tolist() == [[0, 0, -0.5, 0, 0], [0, 0, -1.0, -2.0, -3.0]]
+    with pytest.raises(ValueError, match="row 1: 2 values for 3"):
+        assemble_batch([[5], [7]], [[1], [2, 3, 4]], 0, [[-0.5], [-1.0, -2.0]])
+    empty = assemble_batch([], [], 0)
+    assert empty["input_ids"].shape == (0, 0)

@@ -222,28 +222,30 @@ def assemble_batch(
     n = len(prompt_ids)
     if len(completion_ids) != n:
         raise ValueError(f"{n} prompts but {len(completion_ids)} completions")
-    P = max((len(p) for p in prompt_ids), default=0)
-    L = max((len(c) for c in completion_ids), default=0)
-    input_ids = torch.full((n, P + L), int(pad_token_id), dtype=torch.long)
-    attention_mask = torch.zeros((n, P + L), dtype=torch.long)
-    completion_mask = torch.zeros((n, P + L), dtype=torch.bool)
-    values = torch.zeros((n, P + L), dtype=torch.float32) if completion_values is not None else None
-    lengths = torch.zeros(n, dtype=torch.long)
-    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
-        lp, lc = len(p), len(c)
-        if lp:
-            input_ids[i, P - lp : P] = torch.as_tensor(list(p), dtype=torch.long)
-            attention_mask[i, P - lp : P] = 1
-        if lc:
-            input_ids[i, P : P + lc] = torch.as_tensor(list(c), dtype=torch.long)
-            attention_mask[i, P : P + lc] = 1
-            completion_mask[i, P : P + lc] = True
-        if values is not None and lc:
-            v = completion_values[i]
-            if len(v) != lc:
-                raise ValueError(f"row {i}: {len(v)} values for {lc} completion tokens")
-            values[i, P : P + lc] = torch.as_tensor(list(v), dtype=torch.float32)
-        lengths[i] = lc
+    lp = [len(p) for p in prompt_ids]
+    lc = [len(c) for c in completion_ids]
+    P, L = max(lp, default=0), max(lc, default=0)
+    pad = int(pad_token_id)
+    # rows built as Python lists and converted once (a tensor op per row costs more than
+    # the whole layout for the short sequences of an RL batch)
+    rows = [[pad] * (P - a) + list(p) + list(c) + [pad] * (L - b)
+            for p, c, a, b in zip(prompt_ids, completion_ids, lp, lc, strict=True)]
+    input_ids = torch.tensor(rows, dtype=torch.long).reshape(n, P + L)
+    p_len = torch.tensor(lp, dtype=torch.long).reshape(n, 1)
+    lengths = torch.tensor(lc, dtype=torch.long)
+    col = torch.arange(P + L).reshape(1, -1)
+    completion_mask = (col >= P) & (col < P + lengths.reshape(n, 1))
+    attention_mask = (((col >= P - p_len) & (col < P)) | completion_mask).long()
+    values = None
+    if completion_values is not None:
+        if len(completion_values) != n:
+            raise ValueError(f"{n} completions but {len(completion_values)} value rows")
+        for i, (v, b) in enumerate(zip(completion_values, lc, strict=True)):
+            if len(v) != b:
+                raise ValueError(f"row {i}: {len(v)} values for {b} completion tokens")
+        values = torch.tensor([[0.0] * P + list(v) + [0.0] * (L - b)
+                               for v, b in zip(completion_values, lc, strict=True)],
+                              dtype=torch.float32).reshape(n, P + L)
     out = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,

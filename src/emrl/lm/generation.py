@@ -89,6 +89,39 @@ class Rollout:
         return Rollout(**kw)
 
 
+def _shared_prompt_cache(model, rows: list[int], input_ids: Tensor, attn: Tensor) -> dict:
+    """``generate``'s cache keyword holding each distinct prompt's key/value states, computed
+    once and repeated for the prompt's samples (``{}`` when no prompt repeats, or when the
+    model does not return a reorderable cache: then ``generate`` prefills every row).
+
+    The last prompt token is left to ``generate``, which needs its logits for the first
+    sampled token; rows of one prompt are identical, so their states are too.
+    """
+    if input_ids.shape[1] < 2 or len(set(rows)) == len(rows):
+        return {}
+    from emrl.lm.forward import position_ids_from_mask
+
+    r = torch.as_tensor(rows)
+    first = torch.ones(len(rows), dtype=torch.bool)
+    first[1:] = r[1:] != r[:-1]  # rows of one prompt are contiguous
+    if len(set(rows)) != int(first.sum()):
+        return {}
+    heads = first.nonzero().squeeze(1).to(input_ids.device)
+    expand = (torch.cumsum(first.long(), 0) - 1).to(input_ids.device)  # row -> its distinct prompt
+    ids, mask = input_ids[heads, :-1], attn[heads, :-1]
+    if not bool(mask.any(1).all()):  # a one-token prompt: nothing to cache for it
+        return {}
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=True)
+    for name in ("cache", "past_key_values"):  # transformers >= 5 names it "cache"
+        cache = out.get(name) if hasattr(out, "get") else None
+        if cache is not None:
+            break
+    if cache is None or not hasattr(cache, "reorder_cache") or not hasattr(cache, "get_seq_length"):
+        return {}
+    cache.reorder_cache(expand)
+    return {name: cache}
+
+
 def _check_sampling(num_samples, max_new_tokens, temperature, top_p, batch_size):
     if num_samples < 1:
         raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
@@ -188,7 +221,7 @@ def generate(
             # a sharded policy's weights before generating (emrl.lm.sharding.full_params), so no
             # process waits for another (evaluation runs on the main process alone)
             out = model.generate(input_ids=input_ids, attention_mask=attn, generation_config=gen_cfg,
-                                 synced_gpus=False)
+                                 synced_gpus=False, **_shared_prompt_cache(model, rows, input_ids, attn))
             gen = out.sequences[:, input_ids.shape[1] :].cpu()  # [b, L_b]
             steps = gen.shape[1]
             # one [b, V] step at a time: never hold [b, L_b, V] (large vocabularies)
@@ -201,20 +234,26 @@ def generate(
                     [torch.log_softmax(sc.float(), -1).gather(-1, tok[:, t]).squeeze(-1)
                      for t, sc in enumerate(out.scores)], 1).cpu()
             is_eos = gen == eos
-            for r in range(gen.shape[0]):
-                hits = is_eos[r].nonzero()
-                length = int(hits[0]) + 1 if len(hits) else steps
-                finished.append(bool(len(hits)))
-                comp_ids.append(gen[r, :length].tolist())
+            hit = is_eos.any(1)
+            lengths = torch.where(hit, is_eos.int().argmax(1) + 1, torch.full_like(hit, steps, dtype=torch.long))
+            gen_rows = gen.tolist()
+            if logprobs:
+                s_rows, p_rows = s_lp.tolist(), (p_lp.tolist() if not same_dist else None)
+            for r, length in enumerate(lengths.tolist()):
+                comp_ids.append(gen_rows[r][:length])
                 if logprobs:
-                    sample_lp.append(s_lp[r, :length].tolist())
-                    policy_lp.append(p_lp[r, :length].tolist())
+                    sample_lp.append(s_rows[r][:length])
+                    if p_rows is not None:
+                        policy_lp.append(p_rows[r][:length])
+            finished.extend(hit.tolist())
     finally:
         if was_training:
             model.train()
     layout = assemble_batch([encoded[i] for i in order], comp_ids, pad, sample_lp if logprobs else None)
-    policy = assemble_batch([encoded[i] for i in order], comp_ids, pad, policy_lp)["values"] \
-        if logprobs else None
+    policy = None
+    if logprobs:  # the same tokens' log-probs at temperature 1 (the sampled ones when T = 1)
+        policy = layout["values"].clone() if same_dist else \
+            assemble_batch([encoded[i] for i in order], comp_ids, pad, policy_lp)["values"]
     texts = [
         tokenizer.decode(c[:-1] if f else c, skip_special_tokens=True)
         for c, f in zip(comp_ids, finished, strict=True)
