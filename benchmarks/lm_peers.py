@@ -49,6 +49,8 @@ METHODS: dict[str, tuple[str, dict]] = {
     "vmpo-lr1e-3": ("emrl", {"algo": "vmpo", "learning_rate": 1e-3}),
     "vmpo-eps0.005": ("emrl", {"algo": "vmpo", "eps_alpha": 0.005}),
     "vmpo-eps0.002": ("emrl", {"algo": "vmpo", "eps_alpha": 0.002}),
+    "vmpo-eps0.01": ("emrl", {"algo": "vmpo", "eps_alpha": 0.01}),
+    "vmpo-1step": ("emrl", {"algo": "vmpo", "epochs": 1}),
     "awr": ("emrl", {"algo": "awr"}),
     "dar": ("emrl", {"algo": "dar"}),
     "ppo": ("emrl", {"algo": "ppo"}),
@@ -120,7 +122,12 @@ def worker(spec: dict) -> dict:
     over = {**over, **spec.get("set", {})}
     start_dir, budget, seed = spec["start"], 60.0 * spec["minutes"], int(spec["seed"])
     n_eval = int(spec["eval_prompts"])
-    task = load_task_from_info(load_task_info(start_dir))
+    # RL methods may draw prompts from more training items than the start model's SFT
+    # demonstrations (--rl-num-train); the continued-SFT control keeps the demonstrations
+    rl_n = spec.get("rl_num_train") if kind != "sft" else None
+    task = load_task_from_info(load_task_info(start_dir), num_train=rl_n)
+    if rl_n:
+        over = {**over, "num_train": rl_n}
     marks = [budget * q for q in (0.25, 0.5, 0.75)]
     curve: list[tuple[float, float]] = []
     state = {"completions": 0, "train_s": 0.0}
@@ -224,8 +231,11 @@ def report(out_dir: Path, cmd: str | None = None) -> Path:
     cmd = cmd or start.get("command", "")
     lines = [f"# LM fine-tuning side by side: {out_dir.name.removeprefix('lm_peers_')}", "",
              "Command:", "", f"    {cmd}", "",
-             *([f"Start model made with `{start['start_command']}` (seed 0, stopped at the end of its "
-                "2000-update cosine schedule).", ""] if start.get("start_command") else []),
+             *([f"Start model made with `{start['start_command']}` (seed 0).", ""]
+               if start.get("start_command") else []),
+             *([f"RL methods (emrl's and TRL's) drew prompts, without answers, from {rl_n} training items of "
+                "the start model's task; continued SFT kept the start model's own demonstrations.", ""]
+               if (rl_n := next((r.get("rl_num_train") for r in recs if r.get("rl_num_train")), None)) else []),
              f"Start model: `{start['start_name']}`; held-out greedy accuracy "
              f"{np.mean(start['greedy']):.3f}, sampled {np.mean(start['sampled']):.3f} "
              f"({len(start['greedy'])} prompts). Budget: {start['minutes']:g} min of training per run "
@@ -315,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="run", help="record name: benchmarks/results/lm_peers_<name>")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="override a config field of every emrl/sft run (YAML value), e.g. warmup_steps=10")
+    ap.add_argument("--rl-num-train", type=int, default=None, metavar="N",
+                    help="RL methods draw prompts (no answers) from N training items of the start model's "
+                         "task; continued SFT keeps the start model's own demonstrations (default: the same "
+                         "items for all)")
     ap.add_argument("--report", metavar="DIR", help="only redraw the record from DIR's raw results")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -361,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             res = out / f"{m}-seed{seed}.json"
             if not res.is_file():
                 todo.append({"method": m, "seed": seed, "set": sets, "start": str(a.start), "minutes": a.minutes,
-                             "eval_prompts": a.eval_prompts, "result": os.path.relpath(res), "tmp": os.path.relpath(out / f".tmp-{m}-{seed}")})
+                             "eval_prompts": a.eval_prompts, "rl_num_train": a.rl_num_train, "result": os.path.relpath(res), "tmp": os.path.relpath(out / f".tmp-{m}-{seed}")})
     env = {**os.environ, "OMP_NUM_THREADS": "1", "EMRL_PROGRESS": "0", "TOKENIZERS_PARALLELISM": "false"}
     running: list[tuple[subprocess.Popen, dict]] = []
     while todo or running:
