@@ -165,3 +165,31 @@ def test_assemble_batch_layout_with_values():
         assemble_batch([[5], [7]], [[1], [2, 3, 4]], 0, [[-0.5], [-1.0, -2.0]])
     empty = assemble_batch([], [], 0)
     assert empty["input_ids"].shape == (0, 0)
+
+
+def test_trim_padding_drops_all_padding_columns_and_keeps_the_model_output(tiny):
+    from emrl.lm.rollout import Batch
+
+    model, tok = tiny
+    model.eval()
+    torch.manual_seed(4)
+    r = generate(model, tok, PROMPTS, num_samples=2, max_new_tokens=6)
+    # rows of the two shorter prompts: their left padding is padding in both
+    rows = torch.tensor([0, 4])
+    S = r.input_ids.shape[1]
+    b = Batch({"input_ids": r.input_ids, "attention_mask": r.attention_mask,
+               "completion_mask": r.completion_mask, "old_logp": r.policy_logprobs,
+               "rewards": torch.arange(len(r), dtype=torch.float32),
+               "shifted": torch.arange(len(r) * (S - 1)).reshape(len(r), S - 1)}, {"texts": r.texts}).select(rows)
+    t = b.trim_padding()
+    keep = b["attention_mask"].bool().any(0).nonzero().squeeze(1)
+    a, e = int(keep[0]), int(keep[-1]) + 1
+    assert (a, e) != (0, S) and t["input_ids"].shape[1] == e - a
+    assert t["attention_mask"].bool().any(0).all()
+    assert torch.equal(t["rewards"], b["rewards"]) and t.lists == b.lists
+    assert torch.equal(t["shifted"], b["shifted"][:, a:e - 1])
+    with torch.no_grad():
+        full = completion_logprobs(model, b["input_ids"], b["attention_mask"], b["completion_mask"])
+        cut = completion_logprobs(model, t["input_ids"], t["attention_mask"], t["completion_mask"])
+    assert torch.allclose(full[:, a:e], cut, atol=1e-5) and torch.allclose(cut, t["old_logp"], atol=1e-5)
+    assert t.trim_padding() is t

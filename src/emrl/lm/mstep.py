@@ -112,8 +112,8 @@ class MStep:
         theta0 = [p.detach().clone() for p in params] if trust and cfg.kl_backtrack else None
         # a full-batch pass without dropout noise measures the realised KL itself
         whole_quiet = n_mb == 1 and world == 1 and quiet_mstep(cfg, ctx.lm)
-        if len(idx) < n:  # the M-step (and its KL) sees the selected samples only
-            batch = batch.select(idx)
+        if len(idx) < n:  # the M-step (and its KL) sees the selected samples only,
+            batch = batch.select(idx).trim_padding()  # and no column that is padding in all of them
             idx = torch.arange(len(idx))
             n = len(idx)
         kl_final: float | None = None

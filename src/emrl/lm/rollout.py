@@ -53,6 +53,31 @@ class Batch:
             {k: [v[i] for i in il] for k, v in self.lists.items()},
         )
 
+    def trim_padding(self) -> Batch:
+        """The same samples without the columns that are padding in every row.
+
+        Positions come from the attention mask (:func:`emrl.lm.forward.position_ids_from_mask`),
+        so the model computes the same values on the columns kept. Per-position tensors
+        ``[N, S, ...]`` keep columns ``a:b``; the logits-aligned ones ``[N, S-1, ...]``
+        (position ``j`` predicts token ``j + 1``) keep ``a:b-1``.
+        """
+        am = self.tensors["attention_mask"]
+        n, S = am.shape[0], am.shape[1]
+        cols = am.bool().any(0).nonzero().squeeze(1)
+        if len(cols) == 0:
+            return self
+        a, b = int(cols[0]), int(cols[-1]) + 1
+        if a == 0 and b == S:
+            return self
+        out = {}
+        for k, v in self.tensors.items():
+            if v.dim() >= 2 and v.shape[0] == n and v.shape[1] == S:
+                v = v[:, a:b]
+            elif v.dim() >= 2 and v.shape[0] == n and v.shape[1] == S - 1:
+                v = v[:, a:b - 1]
+            out[k] = v
+        return Batch(out, dict(self.lists))
+
 
 class Rollouts:
     """Rows, demonstrations, encoding, sampling and scoring for one process.
