@@ -12,7 +12,7 @@ Methods (``--methods``; each run is its own process on one CPU thread):
   separates RL from more training: RL never sees a reference answer);
 * ``rs-sft`` — rejection-sampling SFT: fit the model's own correct samples, uniformly (the
   simplest EM baseline: V-MPO with rho = 1, a batch-mean baseline, eta -> infinity, no
-  trust region).
+  trust region); ``rs-sft-lr3e-4`` the same at the continued-SFT control's learning rate.
 
 Every run is scored by the same code on the same held-out prompts: greedy exact match and
 sampled accuracy (pass@1 over 8 samples at T = 1) before and after, held-out greedy accuracy
@@ -57,6 +57,9 @@ METHODS: dict[str, tuple[str, dict]] = {
     "rs-sft": ("emrl", {"algo": "vmpo", "baseline": "batch_mean", "min_advantage": 0.0, "top_fraction": 1.0,
                         "adaptive_temperature": False, "eta_init": 1e6, "trust_region": False, "epochs": 1,
                         "learning_rate": 1e-3}),
+    "rs-sft-lr3e-4": ("emrl", {"algo": "vmpo", "baseline": "batch_mean", "min_advantage": 0.0, "top_fraction": 1.0,
+                               "adaptive_temperature": False, "eta_init": 1e6, "trust_region": False, "epochs": 1,
+                               "learning_rate": 3e-4}),
     "sft": ("sft", {"learning_rate": 3e-4, "lr_scheduler": "cosine", "warmup_steps": 0}),
     "grpo": ("trl", {"learning_rate": 1e-4, "beta": 0.0}),
     "grpo-beta0.04": ("trl", {"learning_rate": 1e-4, "beta": 0.04}),
