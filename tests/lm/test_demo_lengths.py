@@ -44,3 +44,21 @@ def test_demo_step_options_refuse_non_positive(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--sft-max-steps", "0"])
     assert "expected a whole number >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_demo_sft_fits_the_demonstrations_and_vmpo_samples_the_larger_prompt_set(tmp_path):
+    """Issue 10 item 5: SFT (and its continued-SFT control) on ``demonstrations`` reference
+    answers, V-MPO on ``rl_prompts`` prompts of the same task (the demonstrations first)."""
+    import pytest
+
+    from emrl.errors import EmrlError
+    from emrl.lm.demo import DemoConfig, _stage_configs
+
+    sft, rl, cont = _stage_configs(DemoConfig(), tmp_path)
+    assert (sft.num_train, rl.num_train) == (1000, 5000)
+    assert cont.num_train is None and cont.task is None  # the SFT model's saved task: its 1000
+    assert rl.model == cont.model == str(tmp_path / "sft" / "final")
+    sft, rl, _ = _stage_configs(DemoConfig(demonstrations=20, rl_prompts=50), tmp_path)
+    assert (sft.num_train, rl.num_train) == (20, 50)
+    with pytest.raises(EmrlError, match="demonstrations and rl_prompts must be >= 1"):
+        _stage_configs(DemoConfig(demonstrations=0), tmp_path)

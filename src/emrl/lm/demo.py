@@ -5,12 +5,15 @@
     emrl demo [--output-dir DIR] [--seed N] [--config FILE.yaml] [--overwrite]
 
 1. builds the ``tiny`` model (character tokenizer, no download);
-2. SFT on the default task (two-term arithmetic from reasoning-gym) with the defaults
-   of ``emrl lm sft`` (the δ target, spec §6) -> ``DIR/sft``;
+2. SFT on ``demonstrations`` (1000) reference answers of the default task (two-term
+   arithmetic from reasoning-gym) with the defaults of ``emrl lm sft`` (the δ target,
+   spec §6), long enough to reach a plateau on so few -> ``DIR/sft``;
 3. V-MPO (spec §6 "Full Adaptive EM Procedure") from the SFT model with the defaults of
-   ``emrl lm train --algo vmpo``, for ``rl_minutes`` of training -> ``DIR/rl``;
-4. the control: continued SFT from the same SFT model for the same training time, at the
-   learning rate the SFT stage ended with -> ``DIR/sft_continued``;
+   ``emrl lm train --algo vmpo``, for ``rl_minutes`` of training, sampling from
+   ``rl_prompts`` (5000) training prompts scored by the verifier, never their answers
+   (the usual post-training setting: demonstrations are scarce, prompts are not) -> ``DIR/rl``;
+4. the control: continued SFT on the same demonstrations from the same SFT model for the
+   same training time, at the learning rate the SFT stage ended with -> ``DIR/sft_continued``;
 5. evaluates all three on the same held-out prompts (greedy exact match, and pass@1 at
    temperature 1 over several samples per prompt), checks whether the SFT stage reached a
    plateau, and writes ``DIR/report.md``, ``DIR/learning_curves.png`` and ``DIR/summary.json``.
@@ -44,6 +47,12 @@ class DemoConfig:
     eval_samples: int = cfg_field(8, "samples per prompt for sampled accuracy (pass@1 at temperature 1)")
     num_threads: int | None = cfg_field(None, "torch CPU threads (None: EMRL_NUM_THREADS or all allowed CPUs)")
     task: str | None = cfg_field(None, "task SPEC (None: the default arithmetic task)")
+    demonstrations: int = cfg_field(
+        1000, "training items whose reference answers the SFT stage (and the continued-SFT control) "
+        "fits: few enough that SFT reaches a plateau in the demo's time")
+    rl_prompts: int = cfg_field(
+        5000, "training items whose prompts (never their answers) the V-MPO stage samples from; the "
+        "first `demonstrations` of them are the SFT stage's")
     rl_minutes: float = cfg_field(
         3.0, "training minutes of the V-MPO stage, and of the continued-SFT control from the same "
         "SFT model (evaluations excluded)")
@@ -58,17 +67,20 @@ def _stage_configs(dc: DemoConfig, out: Path):
     common = {"seed": dc.seed, "eval_num_prompts": dc.eval_num_prompts, "eval_samples": dc.eval_samples,
               "eval_temperature": 1.0, "num_threads": dc.num_threads}
     # intermediate held-out evaluations for the learning curves (overridable)
-    sft = from_dict(SFTConfig, {"model": "tiny", "task": dc.task, "eval_every": 500, **common, **dc.sft},
-                    source="demo sft")
+    if dc.demonstrations < 1 or dc.rl_prompts < 1:
+        raise EmrlError(f"demonstrations and rl_prompts must be >= 1, got {dc.demonstrations} and {dc.rl_prompts}")
+    sft = from_dict(SFTConfig, {"model": "tiny", "task": dc.task, "eval_every": 250, "num_train": dc.demonstrations,
+                                **common, **dc.sft}, source="demo sft")
     timed = {"max_steps": 10**6, "max_minutes": dc.rl_minutes}
-    rl = from_dict(RLConfig, {"algo": "vmpo", "eval_every": 25, **common, **timed, **dc.rl}, source="demo rl")
+    rl = from_dict(RLConfig, {"algo": "vmpo", "eval_every": 50, "num_train": dc.rl_prompts, **common, **timed,
+                              **dc.rl}, source="demo rl")
     rl = replace(rl, model=str(out / "sft" / "final"), task=None)
     if rl.algo != "vmpo":
         raise EmrlError(f"the demo runs V-MPO; got rl.algo={rl.algo!r} (use `emrl lm train` for others)")
     # the control: as much more SFT as V-MPO gets training time, continuing at the learning
     # rate the SFT stage ended with and annealing over the same budget
     end_lr = sft.learning_rate * sft.min_lr_ratio
-    cont = from_dict(SFTConfig, {"eval_every": 100, **common, **timed, "learning_rate": end_lr,
+    cont = from_dict(SFTConfig, {"eval_every": 200, **common, **timed, "learning_rate": end_lr,
                                  "warmup_steps": 0, **dc.sft_continued}, source="demo sft_continued")
     cont = replace(cont, model=str(out / "sft" / "final"), task=None)
     return sft, rl, cont
@@ -185,6 +197,8 @@ def run_demo(dc: DemoConfig, output_dir: str | Path, *, overwrite: bool = False)
         "rl_time_s": t_rl,
         "continued_sft_time_s": wall - t_sft - t_rl,
         "rl_minutes": dc.rl_minutes,
+        "demonstrations": sft_cfg.num_train,
+        "rl_prompts": rl_cfg.num_train,
         "seed": dc.seed,
         "task": _task_label(rl_trainer.task.name),
         "sft_updates": sft_cfg.max_steps,
@@ -278,15 +292,19 @@ def _report(s: dict[str, Any], png: str) -> str:
     plateau = s.get("sft_plateau_change")
     plat = ("n/a (fewer than two evaluations)" if plateau is None else
             f"{plateau:+.3f} over its last quarter of updates: "
-            + ("on a plateau" if abs(plateau) < 0.02 else "**not** on a plateau, so more SFT still helps"))
+            + ("on a plateau" if abs(plateau) < 0.02 else
+               "**not** on a plateau: still rising, so more SFT may still help" if plateau > 0 else
+               "**not** within 2 points of flat: it fell after its peak"))
     return f"""# emrl demo
 
 The `tiny` model was built from nothing and fine-tuned by SFT (δ target, spec §6). From that
 SFT model, two runs got the same {s['rl_minutes']:g} minutes of training: sequence-level
 V-MPO (top-k E-step with the adaptive temperature dual, weighted-MLE M-step under the α trust
 region, the KL budget setting the step; spec §5-§6) on the task's verifier reward, and — the
-control that separates RL from simply training longer — continued SFT on the reference answers.
-Offline, on a CPU. Task: `{s['task']}`; seed {s['seed']}.
+control that separates RL from simply training longer — continued SFT on the same reference
+answers. SFT saw {s.get('demonstrations', 'n/a')} demonstrations; V-MPO sampled from
+{s.get('rl_prompts', 'n/a')} training prompts (their answers unseen: the verifier scores
+samples). Offline, on a CPU. Task: `{s['task']}`; seed {s['seed']}.
 
 All three models are evaluated on the same {s['num_eval_prompts']} held-out prompts (disjoint from
 training by question text). SFT stage: held-out greedy accuracy changed by {plat}.
