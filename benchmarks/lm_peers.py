@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -362,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     model.eval()
     task = load_task_from_info(load_task_info(a.start))
     s = _evaluate(model, tok, task, a.eval_prompts, sampled=True)
-    cmd = "python benchmarks/lm_peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = "python benchmarks/lm_peers.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     (out / "start.json").write_text(json.dumps({
         **s, "start_name": Path(a.start).parent.name + "/" + Path(a.start).name, "minutes": a.minutes,
         "seeds": a.seeds, "jobs": a.jobs, "command": cmd, "start_command": a.start_command,

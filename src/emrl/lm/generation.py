@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from emrl.errors import ConfigError, EmrlError
-from emrl.lm.forward import assemble_batch, fit_to_context
+from emrl.lm.forward import assemble_batch, fit_to_context, position_ids_from_mask
 from emrl.lm.models import context_length
 
 
@@ -99,8 +99,6 @@ def _shared_prompt_cache(model, rows: list[int], input_ids: Tensor, attn: Tensor
     """
     if input_ids.shape[1] < 2 or len(set(rows)) == len(rows):
         return {}
-    from emrl.lm.forward import position_ids_from_mask
-
     r = torch.as_tensor(rows)
     first = torch.ones(len(rows), dtype=torch.bool)
     first[1:] = r[1:] != r[:-1]  # rows of one prompt are contiguous
