@@ -7,7 +7,7 @@
 1. builds the ``tiny`` model (character tokenizer, no download);
 2. SFT on ``demonstrations`` (1000) reference answers of the default task (two-term
    arithmetic from reasoning-gym) with the defaults of ``emrl lm sft`` (the δ target,
-   spec §6), long enough to reach a plateau on so few -> ``DIR/sft``;
+   spec §6), long enough for held-out accuracy to stop rising on so few -> ``DIR/sft``;
 3. V-MPO (spec §6 "Full Adaptive EM Procedure") from the SFT model with the defaults of
    ``emrl lm train --algo vmpo``, for ``rl_minutes`` of training, sampling from
    ``rl_prompts`` (5000) training prompts scored by the verifier, never their answers
@@ -49,7 +49,7 @@ class DemoConfig:
     task: str | None = cfg_field(None, "task SPEC (None: the default arithmetic task)")
     demonstrations: int = cfg_field(
         1000, "training items whose reference answers the SFT stage (and the continued-SFT control) "
-        "fits: few enough that SFT reaches a plateau in the demo's time")
+        "fits: few enough that its held-out accuracy stops rising within the demo's time")
     rl_prompts: int = cfg_field(
         5000, "training items whose prompts (never their answers) the V-MPO stage samples from; the "
         "first `demonstrations` of them are the SFT stage's")
