@@ -97,12 +97,13 @@ def _shared_prompt_cache(model, rows: list[int], input_ids: Tensor, attn: Tensor
     The last prompt token is left to ``generate``, which needs its logits for the first
     sampled token; rows of one prompt are identical, so their states are too.
     """
-    if input_ids.shape[1] < 2 or len(set(rows)) == len(rows):
+    distinct = len(set(rows))
+    if input_ids.shape[1] < 2 or distinct == len(rows):
         return {}
     r = torch.as_tensor(rows)
     first = torch.ones(len(rows), dtype=torch.bool)
-    first[1:] = r[1:] != r[:-1]  # rows of one prompt are contiguous
-    if len(set(rows)) != int(first.sum()):
+    first[1:] = r[1:] != r[:-1]
+    if distinct != int(first.sum()):  # needs the rows of one prompt contiguous, as `generate` orders them
         return {}
     heads = first.nonzero().squeeze(1).to(input_ids.device)
     expand = (torch.cumsum(first.long(), 0) - 1).to(input_ids.device)  # row -> its distinct prompt
