@@ -4,12 +4,16 @@ Methods (``--methods``; each run is its own process on one CPU thread):
 
 * ``vmpo``, ``awr``, ``dar``, ``ppo`` — ``emrl lm train --algo X`` at its defaults;
   ``vmpo-lr1e-3`` — V-MPO with ``--learning-rate 1e-3`` (large steps: the KL budget must
-  keep them safe);
+  keep them safe); variants of one V-MPO setting, for tuning: ``vmpo-eps0.01`` (and 0.005,
+  0.002: ``--eps-alpha``), ``vmpo-1step`` (one M-step pass), ``vmpo-b64`` (64 prompts per
+  update), ``vmpo-const`` (constant learning rate and KL budget), ``vmpo-batchmean`` (a
+  batch-mean baseline: every correct sample has a positive advantage);
 * ``grpo``, ``grpo-beta0.04`` — TRL's ``GRPOTrainer`` (the ``bench`` extra) at settings that
   suit a small model: lr 1e-4, beta 0 / 0.04, the same 32 prompts x 8 completions per update,
   the same completion length and sampling temperature;
 * ``sft`` — continued SFT on the same training prompts' reference answers (the control that
-  separates RL from more training: RL never sees a reference answer);
+  separates RL from more training: RL never sees a reference answer); ``sft-ls`` the same
+  with the label-smoothing target (for a start model SFT'd with it);
 * ``rs-sft`` — rejection-sampling SFT: fit the model's own correct samples, uniformly (the
   simplest EM baseline: V-MPO with rho = 1, a batch-mean baseline, eta -> infinity, no
   trust region); ``rs-sft-lr3e-4`` the same at the continued-SFT control's learning rate.
@@ -20,6 +24,10 @@ at quarters of the budget (the curve), completions/s of training (completions sa
 training seconds, evaluations excluded), peak resident memory of the run's process
 (``VmHWM``) and the per-token KL(pi_start || pi_final) on the start model's samples of 100
 held-out prompts. Intervals: 95 % bootstrap over seeds and prompts (paired before/after).
+
+A later command with the same ``--name``, start model, budget and ``--jobs`` adds its
+methods and seeds to the record (runs already recorded are not repeated); the record lists
+every command.
 
 Usage::
 
@@ -52,6 +60,9 @@ METHODS: dict[str, tuple[str, dict]] = {
     "vmpo-eps0.002": ("emrl", {"algo": "vmpo", "eps_alpha": 0.002}),
     "vmpo-eps0.01": ("emrl", {"algo": "vmpo", "eps_alpha": 0.01}),
     "vmpo-1step": ("emrl", {"algo": "vmpo", "epochs": 1}),
+    "vmpo-b64": ("emrl", {"algo": "vmpo", "batch_size": 64}),
+    "vmpo-const": ("emrl", {"algo": "vmpo", "lr_scheduler": "constant"}),
+    "vmpo-batchmean": ("emrl", {"algo": "vmpo", "baseline": "batch_mean"}),
     "awr": ("emrl", {"algo": "awr"}),
     "dar": ("emrl", {"algo": "dar"}),
     "ppo": ("emrl", {"algo": "ppo"}),
@@ -62,6 +73,8 @@ METHODS: dict[str, tuple[str, dict]] = {
                                "adaptive_temperature": False, "eta_init": 1e6, "trust_region": False, "epochs": 1,
                                "learning_rate": 3e-4}),
     "sft": ("sft", {"learning_rate": 3e-4, "lr_scheduler": "cosine", "warmup_steps": 0}),
+    "sft-ls": ("sft", {"learning_rate": 3e-4, "lr_scheduler": "cosine", "warmup_steps": 0,
+                       "target": "label_smoothing"}),
     "grpo": ("trl", {"learning_rate": 1e-4, "beta": 0.0}),
     "grpo-beta0.04": ("trl", {"learning_rate": 1e-4, "beta": 0.04}),
 }
@@ -151,7 +164,7 @@ def worker(spec: dict) -> dict:
 
         common = dict(model=start_dir, seed=seed, max_steps=10**6, max_minutes=spec["minutes"], num_threads=1,
                       eval_num_prompts=0, eval_every=0, eval_at_start=False)
-        cfg = SFTConfig(**common, **over) if kind == "sft" else RLConfig(**common, **RL_BATCH, **over)
+        cfg = SFTConfig(**common, **over) if kind == "sft" else RLConfig(**common, **{**RL_BATCH, **over})
         tr = LMTrainer(cfg, None)
 
         def cb(step, rec):
@@ -226,15 +239,30 @@ def _boot(before: list[list[float]], after: list[list[float]], reps: int = 2000,
     return est, float(lo), float(hi)
 
 
+def _earlier_commands(start_json: Path, start_name: str, a: argparse.Namespace) -> tuple[list[str], list[int]]:
+    """The commands (and seeds) that already wrote results into this record, so a later command
+    adds methods to it; refused when it would mix start models, budgets or jobs."""
+    if not start_json.is_file() or not any(start_json.parent.glob("*-seed*.json")):
+        return [], []
+    old = json.loads(start_json.read_text())
+    for key, new in (("start_name", start_name), ("minutes", a.minutes), ("jobs", a.jobs)):
+        if old.get(key) != new:
+            raise SystemExit(f"{start_json.parent} holds results with {key}={old.get(key)!r}, this command has "
+                             f"{key}={new!r}: one record compares runs of one start model, budget and load; "
+                             "choose another --name")
+    return old.get("commands", [old["command"]]), list(old.get("seeds", []))
+
+
 def report(out_dir: Path, cmd: str | None = None) -> Path:
     import numpy as np
 
     recs = [json.loads(p.read_text()) for p in sorted(out_dir.glob("*.json")) if p.name != "start.json"]
     start = json.loads((out_dir / "start.json").read_text())
     methods = [m for m in METHODS if any(r["method"] == m for r in recs)]
-    cmd = cmd or start.get("command", "")
+    cmds = start.get("commands") or [cmd or start.get("command", "")]
     lines = [f"# LM fine-tuning side by side: {out_dir.name.removeprefix('lm_peers_')}", "",
-             "Command:", "", f"    {cmd}", "",
+             "Command:" if len(cmds) == 1 else "Commands (each ran the methods it names; their results "
+             "share this record):", "", *(f"    {c}" for c in cmds), "",
              *([f"Start model made with `{start['start_command']}` (seed 0).", ""]
                if start.get("start_command") else []),
              *([f"RL methods (emrl's and TRL's) drew prompts, without answers, from {rl_n} training items of "
@@ -364,9 +392,11 @@ def main(argv: list[str] | None = None) -> int:
     task = load_task_from_info(load_task_info(a.start))
     s = _evaluate(model, tok, task, a.eval_prompts, sampled=True)
     cmd = "python benchmarks/lm_peers.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    start_name = Path(a.start).parent.name + "/" + Path(a.start).name
+    commands = _earlier_commands(out / "start.json", start_name, a)
     (out / "start.json").write_text(json.dumps({
-        **s, "start_name": Path(a.start).parent.name + "/" + Path(a.start).name, "minutes": a.minutes,
-        "seeds": a.seeds, "jobs": a.jobs, "command": cmd, "start_command": a.start_command,
+        **s, "start_name": start_name, "minutes": a.minutes, "seeds": sorted({*a.seeds, *commands[1]}),
+        "jobs": a.jobs, "command": cmd, "commands": [*commands[0], cmd], "start_command": a.start_command,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "environment": environment_info([*KEY_PACKAGES, "trl"])}))
     print(f"start model: greedy {sum(s['greedy']) / len(s['greedy']):.3f}", flush=True)
