@@ -98,7 +98,10 @@ def test_interrupted_run_resumes_only_missing_cells(tmp_path, capsys):
     d = tmp_path / "rq4"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen([sys.executable, "-c", CLI, "experiment", "run", "rq4", "--preset", "smoke",
-                             "--output-dir", str(d)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             "--output-dir", str(d)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            # a shell's background job starts with SIGINT ignored, and a child inherits
+                            # that: the child gets the default disposition (Python's KeyboardInterrupt)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
         if (d / RECORDS).exists() and lines(d / RECORDS):
