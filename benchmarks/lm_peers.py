@@ -53,6 +53,10 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 RL_BATCH = dict(batch_size=32, num_samples=8)  # emrl's defaults, matched by GRPO below
+# V-MPO reduced to rejection-sampling SFT: every correct sample, uniform weights, no trust region
+RS_SFT = dict(algo="vmpo", baseline="batch_mean", min_advantage=0.0, top_fraction=1.0, adaptive_temperature=False,
+              eta_init=1e6, trust_region=False, epochs=1)
+CONTINUED_SFT = dict(learning_rate=3e-4, lr_scheduler="cosine", warmup_steps=0)
 METHODS: dict[str, tuple[str, dict]] = {
     "vmpo": ("emrl", {"algo": "vmpo"}),
     "vmpo-lr1e-3": ("emrl", {"algo": "vmpo", "learning_rate": 1e-3}),
@@ -66,15 +70,10 @@ METHODS: dict[str, tuple[str, dict]] = {
     "awr": ("emrl", {"algo": "awr"}),
     "dar": ("emrl", {"algo": "dar"}),
     "ppo": ("emrl", {"algo": "ppo"}),
-    "rs-sft": ("emrl", {"algo": "vmpo", "baseline": "batch_mean", "min_advantage": 0.0, "top_fraction": 1.0,
-                        "adaptive_temperature": False, "eta_init": 1e6, "trust_region": False, "epochs": 1,
-                        "learning_rate": 1e-3}),
-    "rs-sft-lr3e-4": ("emrl", {"algo": "vmpo", "baseline": "batch_mean", "min_advantage": 0.0, "top_fraction": 1.0,
-                               "adaptive_temperature": False, "eta_init": 1e6, "trust_region": False, "epochs": 1,
-                               "learning_rate": 3e-4}),
-    "sft": ("sft", {"learning_rate": 3e-4, "lr_scheduler": "cosine", "warmup_steps": 0}),
-    "sft-ls": ("sft", {"learning_rate": 3e-4, "lr_scheduler": "cosine", "warmup_steps": 0,
-                       "target": "label_smoothing"}),
+    "rs-sft": ("emrl", {**RS_SFT, "learning_rate": 1e-3}),
+    "rs-sft-lr3e-4": ("emrl", {**RS_SFT, "learning_rate": 3e-4}),
+    "sft": ("sft", CONTINUED_SFT),
+    "sft-ls": ("sft", {**CONTINUED_SFT, "target": "label_smoothing"}),
     "grpo": ("trl", {"learning_rate": 1e-4, "beta": 0.0}),
     "grpo-beta0.04": ("trl", {"learning_rate": 1e-4, "beta": 0.04}),
 }
@@ -239,27 +238,29 @@ def _boot(before: list[list[float]], after: list[list[float]], reps: int = 2000,
     return est, float(lo), float(hi)
 
 
-def _earlier_commands(start_json: Path, start_name: str, a: argparse.Namespace) -> tuple[list[str], list[int]]:
-    """The commands (and seeds) that already wrote results into this record, so a later command
-    adds methods to it; refused when it would mix start models, budgets or jobs."""
+def _earlier_record(start_json: Path, start_name: str, a: argparse.Namespace) -> dict | None:
+    """The ``start.json`` of a record that already holds results (a later command adds its
+    methods to it, reusing its start-model evaluation), or None; refused when it would mix
+    start models, budgets, loads or held-out sets."""
     if not start_json.is_file() or not any(start_json.parent.glob("*-seed*.json")):
-        return [], []
+        return None
     old = json.loads(start_json.read_text())
-    for key, new in (("start_name", start_name), ("minutes", a.minutes), ("jobs", a.jobs)):
-        if old.get(key) != new:
-            raise SystemExit(f"{start_json.parent} holds results with {key}={old.get(key)!r}, this command has "
-                             f"{key}={new!r}: one record compares runs of one start model, budget and load; "
-                             "choose another --name")
-    return old.get("commands", [old["command"]]), list(old.get("seeds", []))
+    for key, have, new in (("start_name", old.get("start_name"), start_name), ("minutes", old.get("minutes"), a.minutes),
+                           ("jobs", old.get("jobs"), a.jobs), ("eval_prompts", len(old["greedy"]), a.eval_prompts)):
+        if have != new:
+            raise SystemExit(f"{start_json.parent} holds results with {key}={have!r}, this command has "
+                             f"{key}={new!r}: one record compares runs of one start model, budget, load and "
+                             "held-out set; choose another --name")
+    return old
 
 
-def report(out_dir: Path, cmd: str | None = None) -> Path:
+def report(out_dir: Path) -> Path:
     import numpy as np
 
     recs = [json.loads(p.read_text()) for p in sorted(out_dir.glob("*.json")) if p.name != "start.json"]
     start = json.loads((out_dir / "start.json").read_text())
     methods = [m for m in METHODS if any(r["method"] == m for r in recs)]
-    cmds = start.get("commands") or [cmd or start.get("command", "")]
+    cmds = start.get("commands") or [start.get("command", "")]
     lines = [f"# LM fine-tuning side by side: {out_dir.name.removeprefix('lm_peers_')}", "",
              "Command:" if len(cmds) == 1 else "Commands (each ran the methods it names; their results "
              "share this record):", "", *(f"    {c}" for c in cmds), "",
@@ -387,16 +388,21 @@ def main(argv: list[str] | None = None) -> int:
     out = RESULTS / f"lm_peers_{a.name}"
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
-    model, tok = load_model_and_tokenizer(a.start, seed=0)
-    model.eval()
-    task = load_task_from_info(load_task_info(a.start))
-    s = _evaluate(model, tok, task, a.eval_prompts, sampled=True)
-    cmd = "python benchmarks/lm_peers.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     start_name = Path(a.start).parent.name + "/" + Path(a.start).name
-    commands = _earlier_commands(out / "start.json", start_name, a)
+    earlier = _earlier_record(out / "start.json", start_name, a)
+    if earlier is not None:  # the record's own evaluation of the start model: every run pairs with it
+        s = {k: earlier[k] for k in ("greedy", "sampled")}
+    else:
+        model, tok = load_model_and_tokenizer(a.start, seed=0)
+        model.eval()
+        s = _evaluate(model, tok, load_task_from_info(load_task_info(a.start)), a.eval_prompts, sampled=True)
+    cmd = "python benchmarks/lm_peers.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    prior = (earlier.get("commands") or [earlier["command"]]) if earlier else []
+    earlier = earlier or {}
     (out / "start.json").write_text(json.dumps({
-        **s, "start_name": start_name, "minutes": a.minutes, "seeds": sorted({*a.seeds, *commands[1]}),
-        "jobs": a.jobs, "command": cmd, "commands": [*commands[0], cmd], "start_command": a.start_command,
+        **s, "start_name": start_name, "minutes": a.minutes, "seeds": sorted({*a.seeds, *earlier.get("seeds", [])}),
+        "jobs": a.jobs, "command": cmd, "commands": [*prior, cmd],
+        "start_command": a.start_command or earlier.get("start_command"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "environment": environment_info([*KEY_PACKAGES, "trl"])}))
     print(f"start model: greedy {sum(s['greedy']) / len(s['greedy']):.3f}", flush=True)
@@ -424,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             if p.poll() is not None:
                 running.remove((p, spec))
                 print(f"{spec['method']} seed {spec['seed']}: exit {p.returncode}", flush=True)
-    print(report(out, cmd).read_text())
+    print(report(out).read_text())
     return 0
 
 
